@@ -1,0 +1,167 @@
+"""Node configuration: a YAML file with environment overrides, parsed into dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "HIKARIEDGE__"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "server.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid."""
+
+
+@dataclass
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass
+class RtmpConfig:
+    host: str = "0.0.0.0"
+    port: int = 1935
+    app: str = "live"
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+
+
+@dataclass
+class PublicConfig:
+    host: str = "127.0.0.1"
+    http_scheme: str = "http"
+
+
+@dataclass
+class AuthConfig:
+    api_keys: list[str] = field(default_factory=list)
+    token_secret: str | None = None
+    publish_token_ttl_s: int = 86400
+
+
+@dataclass
+class LimitsConfig:
+    max_sessions: int = 32
+    max_live_sessions: int = 4
+    max_targets: int = 8
+    max_duration_s: int = 43200
+
+
+@dataclass
+class EncoderConfig:
+    preset: str = "ultrafast"
+    bitrate_kbps: int = 4500
+    gop_seconds: float = 2.0
+    default_fps: int = 30
+    threads: int = 1
+
+
+@dataclass
+class EgressConfig:
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    queue_seconds: float = 2.0
+    io_timeout_s: float = 5.0
+
+
+@dataclass
+class PipelineConfig:
+    processor: str = "identity"
+
+
+@dataclass
+class ServerConfig:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    public: PublicConfig = field(default_factory=PublicConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    data_dir: str = "./data"
+    log_level: str = "INFO"
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read the YAML file (default: configs/server.yaml), then apply HIKARIEDGE__* overrides."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if path is not None or config_path.exists():
+        try:
+            raw = yaml.safe_load(config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {config_path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {config_path} must be a mapping")
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX):
+            _apply_override(raw, key[len(ENV_PREFIX):].lower().split("__"), value)
+    return _build(ServerConfig, raw, "")
+
+
+def _apply_override(raw: dict[str, Any], path: list[str], value: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)} conflicts with a scalar")
+    node[path[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {where or 'top level'}")
+    kwargs: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for name, value in raw.items():
+        kind = hints[name]
+        nested = _DATACLASSES.get(kind) if isinstance(kind, str) else None
+        if nested is not None:
+            kwargs[name] = _build(nested, value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(kind, value, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    kind = str(kind)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{where} must not be empty")
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("str"):
+            return str(value)
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return [str(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad value {value!r} for {kind}") from exc
+    return value
+
+
+_DATACLASSES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (HttpConfig, RtmpConfig, PublicConfig, AuthConfig, LimitsConfig, EncoderConfig, EgressConfig, PipelineConfig)
+}

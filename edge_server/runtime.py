@@ -1,0 +1,322 @@
+"""One live publish: FLV tags in -> decode -> latest-frame slot -> process -> encode once -> targets.
+
+The event loop only parses tag headers and queues bytes; decoding runs on one thread and
+processing plus encoding on another, joined by a slot of capacity one so that a slow
+pipeline lowers the frame rate instead of adding latency. Output video keeps the input's
+timestamps and AAC passes through untouched, so audio stays in sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import av
+
+from edge_server.flv import (
+    AAC_RAW,
+    AAC_SEQUENCE_HEADER,
+    AVC_NALU,
+    AVC_SEQUENCE_HEADER,
+    AacConfig,
+    FlvError,
+    parse_audio_specific_config,
+    parse_audio_tag,
+    parse_video_tag,
+)
+from edge_server.media.codecs import DecodeError, EncodedVideo, EncoderSettings, H264Decoder, H264Encoder
+from edge_server.media.egress import AudioPacket, EgressHooks, EgressSettings, RtmpEgress, StreamLayout
+from edge_server.media.slot import LatestSlot, SlotClosed
+from edge_server.metrics import MediaMetrics
+from pipeline.stage import FrameProcessor
+from signaling.models import Target
+
+log = logging.getLogger(__name__)
+
+KEYFRAME_REQUEST_INTERVAL_S = 0.5  # viewers/targets asking for keyframes must not flood the encoder
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    default_fps: float = 30.0
+    bitrate_kbps: int = 4500
+    gop_seconds: float = 2.0
+    preset: str = "ultrafast"
+    encoder_threads: int = 1
+    max_decode_backlog_s: float = 1.0
+    egress: EgressSettings = field(default_factory=EgressSettings)
+
+
+@dataclass
+class _VideoInput:
+    ingest_time: float
+    dts: int
+    pts: int
+    keyframe: bool
+    data: bytes
+    config: bool = False  # an AVC sequence header rather than a picture
+
+
+_END = object()
+
+
+class SessionRuntime:
+    def __init__(
+        self,
+        session_id: str,
+        targets: list[Target],
+        processor: FrameProcessor,
+        settings: RuntimeSettings,
+        metrics: MediaMetrics,
+    ) -> None:
+        self.session_id = session_id
+        self.targets = targets
+        self.processor = processor
+        self.settings = settings
+        self.metrics = metrics
+        self.fps = settings.default_fps
+        self.metadata: dict[str, Any] = {}
+        self.egresses: tuple[RtmpEgress, ...] = ()
+        self.encoder: H264Encoder | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped: Counter[str] = Counter()
+        self.started_at = time.monotonic()
+        self._out_times: deque[float] = deque(maxlen=120)
+        self._audio_config: AacConfig | None = None
+        self._audio_extradata: bytes | None = None
+        self._video_queue: queue.SimpleQueue[_VideoInput | object] = queue.SimpleQueue()
+        self._backlog = 0
+        self._skip_to_keyframe = False
+        self._slot: LatestSlot[tuple[av.VideoFrame, float]] = LatestSlot()
+        self._last_keyframe_request = 0.0
+        self._lock = threading.Lock()
+        self._decode_thread = threading.Thread(target=self._decode_loop, name=f"decode-{session_id}", daemon=True)
+        self._worker_thread = threading.Thread(target=self._worker_loop, name=f"pipeline-{session_id}", daemon=True)
+        self._stopped = False
+
+    def start(self) -> None:
+        self._decode_thread.start()
+        self._worker_thread.start()
+
+    # -- called on the event loop (RTMP/WebRTC ingest) -------------------------------
+
+    def on_metadata(self, metadata: dict[str, Any]) -> None:
+        self.metadata = dict(metadata)
+        fps = metadata.get("framerate") or metadata.get("fps")
+        if isinstance(fps, (int, float)) and 1 <= fps <= 240:
+            self.fps = float(fps)
+
+    def on_video(self, timestamp: int, payload: bytes) -> None:
+        self._count_bytes(len(payload))
+        try:
+            tag = parse_video_tag(payload)
+        except FlvError as exc:
+            self._drop("decode_error")
+            log.warning("session %s: bad video tag: %s", self.session_id, exc)
+            return
+        if tag is None or tag.packet_type not in (AVC_SEQUENCE_HEADER, AVC_NALU) or not tag.data:
+            return
+        item = _VideoInput(time.monotonic(), timestamp, timestamp + tag.composition_time, tag.is_keyframe, tag.data,
+                           config=tag.packet_type == AVC_SEQUENCE_HEADER)
+        max_backlog = max(2, int(self.fps * self.settings.max_decode_backlog_s))
+        with self._lock:
+            if not item.config and self._backlog >= max_backlog:
+                self._skip_to_keyframe = True  # decoding fell behind: jump to the next keyframe, don't pile up
+            if self._skip_to_keyframe and not item.config:
+                if not item.keyframe:
+                    self._drop("backlog")
+                    return
+                self._skip_to_keyframe = False
+            self._backlog += 1
+        self._video_queue.put(item)
+
+    def on_audio(self, timestamp: int, payload: bytes) -> None:
+        self._count_bytes(len(payload))
+        try:
+            tag = parse_audio_tag(payload)
+        except FlvError as exc:
+            log.warning("session %s: bad audio tag: %s", self.session_id, exc)
+            return
+        if tag.packet_type == AAC_SEQUENCE_HEADER:
+            self._audio_config = parse_audio_specific_config(tag.data)
+            self._audio_extradata = tag.data
+        elif tag.packet_type == AAC_RAW and tag.data:
+            packet = AudioPacket(timestamp, tag.data)
+            for egress in self.egresses:
+                egress.send(packet)
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Blocking: drain, close the targets cleanly. Run it off the event loop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._video_queue.put(_END)
+        self._decode_thread.join(timeout)
+        self._worker_thread.join(timeout)
+        for egress in self.egresses:
+            egress.close(timeout)
+        self.processor.close()
+
+    def request_keyframe(self) -> None:
+        """Rate-limited: many targets or viewers asking at once cost one keyframe."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S:
+                return
+            self._last_keyframe_request = now
+        if self.encoder is not None:
+            self.encoder.request_keyframe()
+
+    def stats(self) -> dict[str, Any]:
+        times = list(self._out_times)
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_dropped": dict(self.dropped),
+            "fps_out": round(fps, 2),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "targets": [{"name": e.name, "connected": e.connected, "reconnects": e.reconnects} for e in self.egresses],
+        }
+
+    # -- decode thread -----------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        decoder: H264Decoder | None = None
+        pending_ingest: dict[int, float] = {}
+        while True:
+            item = self._video_queue.get()
+            if item is _END:
+                break
+            assert isinstance(item, _VideoInput)
+            with self._lock:
+                self._backlog -= 1
+            if item.config:
+                try:
+                    decoder = H264Decoder(item.data)
+                except av.FFmpegError as exc:
+                    log.warning("session %s: unusable AVC config: %s", self.session_id, exc)
+                    decoder = None
+                continue
+            if decoder is None:
+                self._drop("decode_error")  # pictures before any sequence header cannot be decoded
+                continue
+            started = time.perf_counter()
+            pending_ingest[item.pts] = item.ingest_time
+            try:
+                frames = decoder.decode(item.data, item.pts, item.dts)
+            except DecodeError as exc:
+                self._drop("decode_error")
+                log.info("session %s: skipped a corrupt frame: %s", self.session_id, exc)
+                continue
+            except Exception:  # the decode thread must outlive any one bad packet
+                self._drop("decode_error")
+                log.exception("session %s: decoder failed on a packet; skipped", self.session_id)
+                continue
+            self._observe("decode", time.perf_counter() - started)
+            if len(pending_ingest) > 64:
+                for pts in sorted(pending_ingest)[:-32]:
+                    del pending_ingest[pts]
+            for frame in frames:
+                ingest_time = pending_ingest.pop(int(frame.pts), item.ingest_time)
+                self.frames_in += 1
+                self.metrics.frames_in.labels(self.session_id).inc()
+                self.metrics.frames_in_all.inc()
+                if self._slot.put((frame, ingest_time)):
+                    self._drop("slot")
+        self._slot.close()
+
+    # -- pipeline worker thread -----------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        while True:
+            try:
+                taken = self._slot.take(timeout=1.0)
+            except SlotClosed:
+                return
+            if taken is None:
+                continue
+            frame, ingest_time = taken
+            started = time.perf_counter()
+            try:
+                output = self.processor.process(frame)
+            except Exception:
+                # fail closed: a frame the pipeline could not handle is never sent as it came in
+                log.exception("session %s: frame processor failed; frame withheld", self.session_id)
+                self._drop("process_error")
+                continue
+            self._observe("process", time.perf_counter() - started)
+            started = time.perf_counter()
+            encoder = self.encoder or self._open_encoder(output)
+            packets = encoder.encode(output, ingest_time)
+            self._observe("encode", time.perf_counter() - started)
+            if not self.egresses and packets:
+                self._start_egress(encoder)
+            for packet in packets:
+                self._fan_out(packet)
+
+    def _open_encoder(self, frame: av.VideoFrame) -> H264Encoder:
+        s = self.settings
+        # the encoder's size is fixed for the publish: targets cannot change resolution mid-stream
+        width, height = frame.width - frame.width % 2, frame.height - frame.height % 2
+        self.encoder = H264Encoder(EncoderSettings(width, height, self.fps, s.bitrate_kbps, s.gop_seconds, s.preset, s.encoder_threads))
+        log.info("session %s: encoding %dx%d at %.2f fps", self.session_id, width, height, self.fps)
+        return self.encoder
+
+    def _start_egress(self, encoder: H264Encoder) -> None:
+        layout = StreamLayout(
+            encoder.settings.width, encoder.settings.height, self.fps, encoder.extradata, self._audio_config, self._audio_extradata
+        )
+        hooks = EgressHooks(
+            request_keyframe=self.request_keyframe,
+            on_reconnect=self._on_reconnect,
+            on_sent=self._on_sent,
+            on_skip=lambda n: self._drop("egress_skip", n),
+        )
+        egresses = tuple(RtmpEgress(t.name, t.url, layout, self.settings.egress, hooks) for t in self.targets)
+        for egress in egresses:
+            egress.start()
+        self.egresses = egresses
+
+    def _fan_out(self, packet: EncodedVideo) -> None:
+        self.frames_out += 1
+        self._out_times.append(time.monotonic())
+        self.metrics.frames_out.labels(self.session_id).inc()
+        self.metrics.frames_out_all.inc()
+        for egress in self.egresses:
+            egress.send(packet)
+
+    # -- bookkeeping (any thread) ------------------------------------------------------
+
+    def _on_sent(self, packet: EncodedVideo | AudioPacket, size: int) -> None:
+        self.metrics.bytes_out.labels(self.session_id).inc(size)
+        self.metrics.bytes_out_all.inc(size)
+        if isinstance(packet, EncodedVideo) and packet.ingest_time:
+            latency = time.monotonic() - packet.ingest_time
+            self.metrics.latency_seconds.observe(latency)
+            self.metrics.session_latency_seconds.labels(self.session_id).observe(latency)
+
+    def _on_reconnect(self) -> None:
+        self.metrics.reconnects.labels(self.session_id).inc()
+        self.metrics.reconnects_all.inc()
+
+    def _count_bytes(self, size: int) -> None:
+        self.metrics.bytes_in.labels(self.session_id).inc(size)
+        self.metrics.bytes_in_all.inc(size)
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+        self.metrics.frames_dropped.labels(self.session_id, reason).inc(count)
+        self.metrics.frames_dropped_all.labels(reason).inc(count)
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        self.metrics.stage_seconds.labels(stage).observe(seconds)
+        self.metrics.session_stage_seconds.labels(self.session_id, stage).observe(seconds)

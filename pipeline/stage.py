@@ -1,0 +1,39 @@
+"""The interface between the media plane and the masking pipeline.
+
+The media runtime hands each decoded frame to a FrameProcessor on a worker thread and
+encodes whatever comes back. The masking stages implement this same interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import av
+
+
+class FrameProcessor(Protocol):
+    name: str
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """Return the frame to publish. Must keep frame.pts; may raise (the caller covers the frame)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class IdentityProcessor:
+    """Passes frames through untouched: the relay path before masking is switched on."""
+
+    name = "identity"
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def create_processor(name: str, **options: object) -> FrameProcessor:
+    if name == "identity":
+        return IdentityProcessor()
+    raise ValueError(f"unknown frame processor {name!r}")

@@ -1,0 +1,240 @@
+"""The HTTP API (aiohttp): sessions and publish tokens, health, readiness and metrics.
+
+Errors are JSON: {"error": {"status": 400, "code": "invalid_field", "message": ..., "field": ...}}.
+Tokens and keys never reach a log line: the access log drops query strings and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from signaling.apikeys import ApiKey, ApiKeyRing
+from signaling.models import Session, SessionState, ValidationError, parse_session_request
+from signaling.service import LimitReached, SessionService
+from signaling.tokens import IssuedToken
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LiveView(Protocol):
+    """What the API needs from the media plane: readiness and per-session live figures."""
+
+    def ready(self) -> bool: ...
+    def stats(self, session_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class PublishUrls:
+    """Where OBS points: rtmp://<host>:<port>/<app> with the publish token as stream key."""
+
+    rtmp_server_url: str
+
+
+def json_error(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None) -> web.Response:
+    body: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_error(413, "body_too_large", exc.text or "request body too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=_allow_header(exc))
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "internal server error")
+
+
+def _allow_header(exc: web.HTTPException) -> dict | None:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else None
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path without query string, status, duration. No headers, no tokens."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+
+
+class Api:
+    def __init__(
+        self,
+        service: SessionService,
+        keys: ApiKeyRing,
+        urls: PublishUrls,
+        live: LiveView,
+        registry: CollectorRegistry,
+        *,
+        max_targets: int,
+        max_duration_s: int,
+    ) -> None:
+        self.service = service
+        self.keys = keys
+        self.urls = urls
+        self.live = live
+        self.registry = registry
+        self.max_targets = max_targets
+        self.max_duration_s = max_duration_s
+
+    # -- auth and body helpers -------------------------------------------------
+
+    def _api_key(self, request: web.Request) -> ApiKey:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        key = self.keys.check(presented.strip()) if scheme.lower() == "bearer" and presented.strip() else None
+        if key is None:
+            log.warning("rejected API request: bad or missing API key", extra={"path": request.path, "peer": request.remote})
+            raise _Reply(json_error(401, "unauthorized", "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}))
+        return key
+
+    async def _json_body(self, request: web.Request) -> Any:
+        if request.content_type != "application/json":
+            raise _Reply(json_error(415, "unsupported_media_type", "body must be application/json"))
+        raw = await request.read()  # raises 413 past client_max_size
+        try:
+            return json.loads(raw or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Reply(json_error(400, "invalid_json", f"body is not valid JSON: {exc}", field="body")) from None
+
+    async def _owned_session(self, request: web.Request, key: ApiKey) -> Session:
+        session = await self.service.get_owned(key.id, request.match_info["session_id"])
+        if session is None:
+            raise _Reply(json_error(404, "not_found", "no such session"))
+        return session
+
+    def _session_body(self, session: Session, token: IssuedToken | None = None) -> dict[str, Any]:
+        body = session.public()
+        body["rtmp"] = {"server_url": self.urls.rtmp_server_url}
+        if token is not None:  # the stream key is shown when issued, never again
+            body["rtmp"]["stream_key"] = token.token
+            body["publish_token"] = {"token": token.token, "expires_at": token.claims.expires_at}
+        body["live"] = self.live.stats(session.id) if session.state is SessionState.LIVE else None
+        return body
+
+    # -- handlers -----------------------------------------------------------------
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        key = self._api_key(request)
+        body = await self._json_body(request)
+        try:
+            fields = parse_session_request(body, max_targets=self.max_targets, max_duration_s=self.max_duration_s)
+        except ValidationError as exc:
+            return json_error(400, "invalid_field", exc.message, field=exc.field)
+        try:
+            created = await self.service.create(key.id, fields)
+        except LimitReached as exc:
+            return json_error(503, "node_full", str(exc), headers={"Retry-After": "30"})
+        return web.json_response(
+            self._session_body(created.session, created.publish_token),
+            status=201,
+            headers={"Location": f"/v1/sessions/{created.session.id}"},
+        )
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        key = self._api_key(request)
+        state = request.query.get("state")
+        sessions = await self.service.store.list(owner=key.id)
+        if state is not None:
+            if state not in {s.value for s in SessionState}:
+                return json_error(400, "invalid_field", "state must be idle, live or ended", field="state")
+            sessions = [s for s in sessions if s.state.value == state]
+        sessions.sort(key=lambda s: s.created_at)
+        return web.json_response({"sessions": [self._session_body(s) for s in sessions]})
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        key = self._api_key(request)
+        return web.json_response(self._session_body(await self._owned_session(request, key)))
+
+    async def update_session(self, request: web.Request) -> web.Response:
+        key = self._api_key(request)
+        session = await self._owned_session(request, key)
+        body = await self._json_body(request)
+        try:
+            fields = parse_session_request(body, max_targets=self.max_targets, max_duration_s=self.max_duration_s, partial=True)
+        except ValidationError as exc:
+            return json_error(400, "invalid_field", exc.message, field=exc.field)
+        if session.state is not SessionState.IDLE:
+            return json_error(409, "conflict", f"session is {session.state.value}; settings change only while idle")
+        if fields.get("mode", session.mode) == "persona" and fields.get("persona", session.persona) is None:
+            return json_error(400, "invalid_field", "is required when mode is persona", field="persona")
+        session = await self.service.update(session, fields)
+        return web.json_response(self._session_body(session))
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        key = self._api_key(request)
+        session = await self._owned_session(request, key)
+        if session.state is SessionState.ENDED:
+            return json_error(409, "conflict", "session already ended")
+        ended = await self.service.end(session.id, "deleted")
+        assert ended is not None
+        return web.json_response(self._session_body(ended))
+
+    async def rotate_publish_token(self, request: web.Request) -> web.Response:
+        """Issue a new stream key and revoke the old one (a live publish carries on)."""
+        key = self._api_key(request)
+        session = await self._owned_session(request, key)
+        if session.state is SessionState.ENDED:
+            return json_error(409, "conflict", "session ended")
+        token = await self.service.rotate_publish_token(session)
+        return web.json_response(self._session_body(session, token), status=201)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "time": time.time()})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        store_ok = await self.service.store.ping()
+        media_ok = self.live.ready()
+        status = 200 if store_ok and media_ok else 503
+        return web.json_response({"ready": status == 200, "store": store_ok, "media": media_ok}, status=status)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+
+class _Reply(Exception):
+    """Carries a finished error response out of a helper."""
+
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+@web.middleware
+async def reply_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Reply as reply:
+        return reply.response
+
+
+def create_app(api: Api, max_body_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware, reply_middleware])
+    app.router.add_post("/v1/sessions", api.create_session)
+    app.router.add_get("/v1/sessions", api.list_sessions)
+    app.router.add_get("/v1/sessions/{session_id}", api.get_session)
+    app.router.add_patch("/v1/sessions/{session_id}", api.update_session)
+    app.router.add_delete("/v1/sessions/{session_id}", api.delete_session)
+    app.router.add_post("/v1/sessions/{session_id}/publish-token", api.rotate_publish_token)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", api.metrics)
+    return app

@@ -1,0 +1,117 @@
+"""SessionRuntime fed real FLV tags (demuxed from an ffmpeg-made clip), no sockets.
+
+Targets are real: an in-process ffmpeg listener receives what the runtime pushes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_server.metrics import MediaMetrics
+from edge_server.runtime import RuntimeSettings, SessionRuntime
+from pipeline.stage import IdentityProcessor
+from signaling.models import Target
+from tests.helpers import analyse_flv, start_receiver
+
+
+def flv_tags(clip: Path) -> list[tuple[str, int, bytes]]:
+    """(kind, timestamp ms, FLV tag body) for every packet, headers first, as an RTMP publisher sends."""
+    container = av.open(str(clip))
+    video, audio = container.streams.video[0], container.streams.audio[0]
+    tags: list[tuple[str, int, bytes]] = [
+        ("video", 0, bytes([0x17, 0, 0, 0, 0]) + bytes(video.codec_context.extradata)),
+        ("audio", 0, bytes([0xAF, 0]) + bytes(audio.codec_context.extradata)),
+    ]
+    for packet in container.demux():
+        if packet.dts is None:
+            continue
+        ms = int(packet.dts * packet.time_base * 1000)
+        if packet.stream.type == "video":
+            cts = int((packet.pts - packet.dts) * packet.time_base * 1000)
+            head = bytes([0x17 if packet.is_keyframe else 0x27, 1]) + cts.to_bytes(3, "big", signed=True)
+            tags.append(("video", ms, head + bytes(packet)))
+        else:
+            tags.append(("audio", ms, bytes([0xAF, 1]) + bytes(packet)))
+    container.close()
+    return tags
+
+
+def feed(runtime: SessionRuntime, tags: list[tuple[str, int, bytes]], realtime: bool = True) -> None:
+    start = time.monotonic()
+    for kind, ms, body in tags:
+        if realtime:
+            delay = start + ms / 1000 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        (runtime.on_video if kind == "video" else runtime.on_audio)(ms, body)
+
+
+class FailingProcessor(IdentityProcessor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError("stage blew up")
+        return frame
+
+
+@pytest.mark.e2e
+def test_corrupt_frames_are_skipped_and_counted_and_stream_goes_on(clip_small: Path, tmp_path: Path) -> None:
+    tags = flv_tags(clip_small)
+    # corrupt a few inter frames in the middle: garbage where the NAL units were
+    corrupted = 0
+    for i, (kind, ms, body) in enumerate(tags):
+        if kind == "video" and 60 <= i < 200 and body[0] == 0x27 and corrupted < 3:
+            tags[i] = (kind, ms, body[:5] + b"\x00\x00\x00\x05\x65\xff\xff\xff\xff")
+            corrupted += 1
+    tags.insert(100, ("video", tags[99][1], b"\x17\x09garbage"))  # not even a valid AVC packet type
+    receiver = start_receiver(tmp_path / "out.flv")
+    runtime = SessionRuntime("ses_t", [Target(receiver.url, "rx")], IdentityProcessor(), RuntimeSettings(), MediaMetrics())
+    runtime.start()
+    feed(runtime, tags)
+    runtime.stop()
+    assert receiver.wait(20) == 0
+    sent_frames = sum(1 for kind, _, body in tags if kind == "video" and body[1] == 1)
+    assert runtime.dropped["decode_error"] >= 1
+    assert runtime.frames_out >= 0.9 * sent_frames
+    received = analyse_flv(receiver.path)
+    assert len(received.video_pts_ms) >= 0.9 * sent_frames
+
+
+@pytest.mark.e2e
+def test_processor_errors_withhold_the_frame(clip_small: Path, tmp_path: Path) -> None:
+    tags = flv_tags(clip_small)[:120]
+    processor = FailingProcessor()
+    receiver = start_receiver(tmp_path / "out.flv")
+    runtime = SessionRuntime("ses_f", [Target(receiver.url, "rx")], processor, RuntimeSettings(), MediaMetrics())
+    runtime.start()
+    feed(runtime, tags)
+    runtime.stop()
+    receiver.wait(20)
+    assert runtime.dropped["process_error"] == processor.calls // 2
+    assert runtime.frames_out == processor.calls - processor.calls // 2
+
+
+def test_decode_backlog_skips_to_next_keyframe(clip_small: Path) -> None:
+    """Flood the runtime far faster than real time with a processor that stalls: frames are
+    dropped (slot or backlog), never queued without bound."""
+
+    class Slow(IdentityProcessor):
+        def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+            time.sleep(0.05)
+            return frame
+
+    runtime = SessionRuntime("ses_b", [], Slow(), RuntimeSettings(max_decode_backlog_s=0.2), MediaMetrics())
+    runtime.start()
+    tags = flv_tags(clip_small)
+    feed(runtime, tags, realtime=False)
+    runtime.stop(timeout=20)
+    sent = sum(1 for kind, _, body in tags if kind == "video" and body[1] == 1)
+    dropped = runtime.dropped["slot"] + runtime.dropped["backlog"]
+    assert dropped > 0 and runtime.frames_out + dropped >= sent * 0.95
+    assert runtime.frames_out < sent
