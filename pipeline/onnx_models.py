@@ -92,11 +92,8 @@ def load_manifest(models_dir: Path | str | None = None) -> dict[str, Any]:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def model_path(name: str, models_dir: Path | str | None = None) -> Path:

