@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5)
+DROP_REASONS = ("decode_error", "slot", "backlog", "process_error", "egress_skip")
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 
 
@@ -50,7 +51,7 @@ class MediaMetrics:
         """Drop a finished session's labelled series so that the registry does not grow forever."""
         for metric in (self.frames_in, self.frames_out, self.bytes_in, self.bytes_out, self.reconnects, self.session_latency_seconds):
             _remove(metric, session_id)
-        for metric, labels in ((self.frames_dropped, ("decode_error", "slot", "backlog", "egress_skip")), (self.session_stage_seconds, ("decode", "process", "encode"))):
+        for metric, labels in ((self.frames_dropped, DROP_REASONS), (self.session_stage_seconds, ("decode", "process", "encode"))):
             for label in labels:
                 _remove(metric, session_id, label)
 

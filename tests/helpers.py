@@ -115,7 +115,6 @@ def analyse_flv(path: Path) -> Received:
     beeps: list[int] = []
     width = height = 0
     silent = True
-    vstream = container.streams.video[0]
     for frame in container.decode(*container.streams):
         ms = int(round(frame.pts * frame.time_base * 1000))
         if isinstance(frame, av.VideoFrame):
@@ -132,7 +131,6 @@ def analyse_flv(path: Path) -> Received:
                 beeps.append(ms + int(loud[0] * 1000 / frame.sample_rate))
             silent = samples[-64:].max() < 0.05 if samples.size else silent
     container.close()
-    _ = vstream
     return Received(video_pts, audio_pts, flashes, beeps, width, height)
 
 
