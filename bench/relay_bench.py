@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,8 +122,10 @@ async def measure(run: Run, clip: Path, seconds: float, start_sut, receiver_port
     await receiver.start()
     sut_pid, ingest_url, stop_sut = await start_sut()
     tap_port = free_port()
-    tap = await asyncio.start_server(Tap(run, int(ingest_url.split(":")[2].split("/")[0])).handle, "127.0.0.1", tap_port)
-    tapped_url = ingest_url.replace(ingest_url.split(":")[2].split("/")[0], str(tap_port), 1)
+    ingest = urlsplit(ingest_url)
+    assert ingest.port is not None
+    tap = await asyncio.start_server(Tap(run, ingest.port).handle, "127.0.0.1", tap_port)
+    tapped_url = urlunsplit(ingest._replace(netloc=f"{ingest.hostname}:{tap_port}"))
     cpu_before = cpu_seconds(sut_pid)
     publisher = publish(clip, tapped_url)
     await asyncio.to_thread(publisher.wait, seconds + 30)
