@@ -74,7 +74,18 @@ class EgressConfig:
 
 @dataclass
 class PipelineConfig:
-    processor: str = "identity"
+    """The masking pipeline's knobs (see pipeline/masker.py for what each one does)."""
+
+    processor: str = "mask"  # "mask" (the product) or "identity" (relay only, faces NOT masked)
+    detect_every: int = 5  # run the face detector every N frames (and whenever tracking is lost)
+    detect_width: int = 640  # the detector sees the frame scaled to this width
+    min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped
+    hold_s: float = 1.0  # a lost face stays covered at its last place this long
+    deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one
+    segmentation: bool = True  # person mask: covers heads whose face was not found
+    cover_style: str = "pixelate"  # how the privacy guard covers: pixelate | blur
+    smoothing_min_cutoff: float = 1.0  # One Euro filter on landmarks (Hz)
+    smoothing_beta: float = 0.05
 
 
 @dataclass

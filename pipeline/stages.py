@@ -1,0 +1,46 @@
+"""Stage interfaces of the masking pipeline.
+
+Each stage is a small Protocol; ``pipeline/backends/onnx.py`` implements them with
+onnxruntime on the CPU. A GPU backend (TensorRT, built from the same ONNX files by
+``trt_engines/``) implements the same protocols and slots in through
+``pipeline.backends.create_backend`` without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.persona import Persona
+from pipeline.types import CropRoi, FaceDetection, FaceLandmarks, PersonMask
+
+
+class FaceDetectorStage(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
+        """Every face in the image, boxes and keypoints in its pixels, best first."""
+        ...
+
+
+class LandmarkStage(Protocol):
+    def landmarks(self, rgb: np.ndarray, roi: CropRoi) -> FaceLandmarks:
+        """468 points for the face inside ``roi`` of the full image, in image pixels."""
+        ...
+
+
+class SegmenterStage(Protocol):
+    def segment(self, rgb_small: np.ndarray, frame_hw: tuple[int, int]) -> PersonMask:
+        """Person mask for a frame, given the frame already scaled to the model's input."""
+        ...
+
+    @property
+    def input_hw(self) -> tuple[int, int]: ...
+
+
+class SwapStage(Protocol):
+    def swap(self, region: np.ndarray, points: np.ndarray, persona: Persona) -> None:
+        """Replace the face in ``region`` (RGB, modified in place) by ``persona``.
+
+        ``points``: the 468 live landmarks (468x2 or 468x3) in ``region`` pixels.
+        """
+        ...
