@@ -6,6 +6,7 @@ Per-session series carry a `session` label and are removed when the publish ends
 
 from __future__ import annotations
 
+from pipeline.guard import COVER_REASONS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5)
@@ -45,13 +46,20 @@ class MediaMetrics:
         self.session_latency_seconds = Histogram(
             "hikariedge_session_ingest_to_egress_seconds", "Ingest-to-egress latency per session", ["session"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.covered = Counter(
+            "hikariedge_covered", "Faces or frames covered by the privacy guard, by reason", ["session", "reason"], registry=r
+        )
+        self.covered_all = Counter("hikariedge_covered_all", "Covered events, all sessions, by reason", ["reason"], registry=r)
+        self.pipeline_stage_seconds = Histogram(
+            "hikariedge_pipeline_stage_seconds", "Masking pipeline time per frame, by stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
+        )
         self.rejected_publishes = Counter("hikariedge_rejected_publishes", "Publish attempts refused, by reason", ["reason"], registry=r)
 
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's labelled series so that the registry does not grow forever."""
         for metric in (self.frames_in, self.frames_out, self.bytes_in, self.bytes_out, self.reconnects, self.session_latency_seconds):
             _remove(metric, session_id)
-        for metric, labels in ((self.frames_dropped, DROP_REASONS), (self.session_stage_seconds, ("decode", "process", "encode"))):
+        for metric, labels in ((self.frames_dropped, DROP_REASONS), (self.covered, COVER_REASONS + ("blur", "pixelate")), (self.session_stage_seconds, ("decode", "process", "encode"))):
             for label in labels:
                 _remove(metric, session_id, label)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -14,7 +15,9 @@ from edge_server.media.egress import EgressSettings
 from edge_server.metrics import MediaMetrics
 from edge_server.rtmp.server import RtmpServer
 from edge_server.runtime import RuntimeSettings
-from pipeline.stage import create_processor
+from pipeline.factory import build_processor
+from pipeline.persona import Persona
+from pipeline.stage import FrameProcessor
 from signaling.apikeys import ApiKeyRing, load_or_create_dev_key
 from signaling.app import AccessLogger, Api, PublishUrls, create_app
 from signaling.service import SessionService
@@ -58,7 +61,7 @@ class Node:
             egress=EgressSettings(e.reconnect_initial_s, e.reconnect_max_s, e.queue_seconds, e.io_timeout_s),
         )
         self.live = LiveManager(
-            self.service, self.metrics, settings, lambda session: create_processor(config.pipeline.processor), config.rtmp.app
+            self.service, self.metrics, settings, self._make_processor, config.rtmp.app
         )
         self.rtmp = RtmpServer(
             self.live,
@@ -69,6 +72,24 @@ class Node:
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+
+    def _make_processor(self, session: Any) -> FrameProcessor:
+        """The session's masking pipeline, reporting covered events and stage times to metrics."""
+        metrics = self.metrics
+
+        def on_cover(reason: str) -> None:
+            metrics.covered.labels(session.id, reason).inc()
+            metrics.covered_all.labels(reason).inc()
+
+        def on_timings(ms: dict[str, float]) -> None:
+            for stage, value in ms.items():
+                metrics.pipeline_stage_seconds.labels(stage).observe(value / 1000.0)
+
+        persona = self.resolve_persona(session.persona) if session.persona else None
+        return build_processor(self.config.pipeline, session.mode, persona, on_cover=on_cover, on_timings=on_timings)
+
+    def resolve_persona(self, persona_id: str) -> Persona | None:
+        return None
 
     @property
     def rtmp_port(self) -> int:

@@ -1,0 +1,131 @@
+"""Privacy guard: the rules that keep a real face off the air when the pipeline cannot mask it.
+
+1. Until the first detection has run on a stream, the whole frame is covered.
+2. A face that tracking loses stays covered at its last place (grown) for a hold time
+   (``pipeline/tracking.py`` keeps the held boxes; the masker covers them).
+3. An error or a blown deadline never yields the raw frame: the last masked frame is
+   repeated (if recent) or the whole frame is covered (``DeadlineRunner`` + the masker).
+4. Where segmentation shows a person but no face was found in their head region, that
+   region is covered (``heads_without_faces``).
+Every covered event is counted by reason (``COVER_REASONS``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+import cv2
+import numpy as np
+
+from pipeline.types import PersonMask
+
+COVER_REASONS = (
+    "no_detection_yet",  # rule 1
+    "lost",  # rule 2: a tracked face lost by the landmark model
+    "no_landmarks",  # rule 2: the detector found a face the landmark model rejects
+    "person_no_face",  # rule 4
+    "small_face",  # too small to swap: covered instead
+    "error",  # rule 3: a stage raised
+    "deadline",  # rule 3: the frame was not masked in time
+)
+
+PERSON_THRESHOLD = 0.5
+MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too far to matter)
+
+
+def head_regions(mask: PersonMask) -> list[np.ndarray]:
+    """Head boxes (frame px) of each person blob: the top of the blob, about as tall as half its width."""
+    prob = mask.prob
+    mh, mw = prob.shape
+    fh, fw = mask.frame_hw
+    binary = (prob >= PERSON_THRESHOLD).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    sx, sy = fw / mw, fh / mh
+    heads = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        if area < MIN_PERSON_AREA * mh * mw:
+            continue
+        band = max(2, min(h, int(round(0.5 * w))))
+        rows = labels[y : y + band, x : x + w] == i
+        cols = np.flatnonzero(rows.any(axis=0))
+        hx0, hx1 = x + cols[0], x + cols[-1] + 1
+        heads.append(np.array([hx0 * sx, y * sy, hx1 * sx, (y + band) * sy], np.float32))
+    return heads
+
+
+def _face_in(head: np.ndarray, face: np.ndarray) -> bool:
+    """A face box whose centre lies in the head box grown by a quarter, or that mostly overlaps it."""
+    w, h = head[2] - head[0], head[3] - head[1]
+    cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
+    if head[0] - w / 4 <= cx <= head[2] + w / 4 and head[1] - h / 4 <= cy <= head[3] + h / 4:
+        return True
+    ix = max(0.0, min(head[2], face[2]) - max(head[0], face[0]))
+    iy = max(0.0, min(head[3], face[3]) - max(head[1], face[1]))
+    area = max(1e-6, (face[2] - face[0]) * (face[3] - face[1]))
+    return ix * iy / area > 0.5
+
+
+def heads_without_faces(mask: PersonMask, faces: list[np.ndarray]) -> list[np.ndarray]:
+    return [head for head in head_regions(mask) if not any(_face_in(head, f) for f in faces)]
+
+
+T = TypeVar("T")
+
+
+class DeadlineExceeded(Exception):
+    """The pipeline did not return in time (or is still busy with an earlier frame)."""
+
+
+@dataclass
+class _Job(Generic[T]):
+    arg: Any
+    done: threading.Event
+    result: T | None = None
+    error: BaseException | None = None
+
+
+class DeadlineRunner(Generic[T]):
+    """Runs ``fn`` on its own thread and waits at most ``deadline_s`` for it.
+
+    A stage that hangs cannot hold the stream: the caller gets :class:`DeadlineExceeded`
+    at the deadline, and again for every frame offered while the late call is still
+    running (its result is dropped). Exceptions from ``fn`` are re-raised to the caller.
+    """
+
+    def __init__(self, fn: Callable[[Any], T], deadline_s: float, name: str = "pipeline") -> None:
+        self.fn = fn
+        self.deadline_s = deadline_s
+        self._jobs: queue.SimpleQueue[_Job[T] | None] = queue.SimpleQueue()
+        self._busy = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.result = self.fn(job.arg)
+            except BaseException as exc:  # handed to the caller
+                job.error = exc
+            finally:
+                self._busy.clear()
+                job.done.set()
+
+    def run(self, arg: Any) -> T:
+        if self._busy.is_set():
+            raise DeadlineExceeded("the pipeline is still busy with an earlier frame")
+        job: _Job[T] = _Job(arg, threading.Event())
+        self._busy.set()
+        self._jobs.put(job)
+        if not job.done.wait(self.deadline_s):
+            raise DeadlineExceeded(f"no result within {self.deadline_s * 1000:.0f} ms")
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=2.0)

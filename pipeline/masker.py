@@ -1,0 +1,263 @@
+"""FaceMasker: the FrameProcessor that replaces every face in a frame, fail closed.
+
+Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
+tracked or a face is held) -> landmarks for each tracked face (crop from its previous
+landmarks) -> One Euro smoothing -> person segmentation -> swap each face with its
+persona (or cover it, in blur/pixelate mode) -> cover what the privacy guard says.
+Only the regions that change are converted back to YUV, so an untouched pixel leaves
+exactly as it came in.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.backends import Backend, create_backend
+from pipeline.cover import cover, cover_i420, write_rgb_region
+from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
+from pipeline.persona import Persona
+from pipeline.tracking import FaceTracker, grow_box
+
+log = logging.getLogger(__name__)
+
+SWAP_MODES = ("persona", "anonymize")
+COVER_MODES = ("blur", "pixelate")
+SWAP_MARGIN = 0.3  # region around a face box handed to the swap (room for the feather)
+HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
+REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
+
+
+class FaceMasker:
+    """Replaces or covers every face; never returns an unmasked frame (see pipeline/guard.py)."""
+
+    name = "mask"
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        mode: str = "anonymize",
+        persona: Persona | None = None,
+        backend: Backend | None = None,
+        swapper: Any = None,
+        on_cover: Callable[[str], None] | None = None,
+        on_timings: Callable[[dict[str, float]], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if mode not in SWAP_MODES + COVER_MODES:
+            raise ValueError(f"unknown masking mode {mode!r}")
+        cv2.setNumThreads(1)
+        self.config = config
+        self.mode = mode
+        self.persona = persona
+        self.backend = backend or create_backend(
+            detect_width=config.detect_width, segmentation=config.segmentation
+        )
+        if swapper is None and mode in SWAP_MODES:
+            from pipeline.swap import MeshSwapper
+
+            swapper = MeshSwapper()
+        self.swapper = swapper
+        self.on_cover = on_cover
+        self.on_timings = on_timings
+        self.cover_style = config.cover_style if mode in SWAP_MODES else mode
+        self.tracker = FaceTracker(config.smoothing_min_cutoff, config.smoothing_beta, config.hold_s)
+        self.events: Counter[str] = Counter()
+        self.frames = 0
+        self.last_timings: dict[str, float] = {}
+        self._seed = secrets.randbits(62) if seed is None else seed  # anonymize: per session, never stored
+        self._personas: dict[int, Persona] = {}
+        self._detected_once = False
+        self._last_output: tuple[np.ndarray, float] | None = None
+        if mode in SWAP_MODES:
+            self._persona_for(0)  # render up front: the first frame should not pay for it
+        self._warm_up()
+        self._runner: DeadlineRunner[av.VideoFrame] | None = None
+        if config.deadline_ms and config.deadline_ms > 0:
+            self._runner = DeadlineRunner(self._mask, config.deadline_ms / 1000.0, name="face-masker")
+
+    def _warm_up(self) -> None:
+        """One inference per model now, so the first live frame does not blow its deadline."""
+        from pipeline.types import CropRoi
+
+        blank = np.zeros((64, 64, 3), np.uint8)
+        self.backend.detector.detect(blank)
+        self.backend.landmarker.landmarks(blank, CropRoi(32, 32, 48))
+        if self.backend.segmenter is not None:
+            sh, sw = self.backend.segmenter.input_hw
+            self.backend.segmenter.segment(np.zeros((sh, sw, 3), np.uint8), (sh, sw))
+
+    # -- FrameProcessor ---------------------------------------------------------------
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        try:
+            if self._runner is not None:
+                return self._runner.run(frame)
+            return self._mask(frame)
+        except DeadlineExceeded as exc:
+            log.warning("masking missed its deadline (%s); covering the frame", exc)
+            return self._fallback(frame, "deadline")
+        except Exception:
+            log.exception("masking failed; covering the frame")
+            return self._fallback(frame, "error")
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+        self._personas.clear()
+
+    # -- the pipeline -----------------------------------------------------------------
+
+    def _count(self, reason: str) -> None:
+        self.events[reason] += 1
+        if self.on_cover is not None:
+            self.on_cover(reason)
+
+    def _persona_for(self, slot: int) -> Persona:
+        if slot == 0 and self.mode == "persona" and self.persona is not None:
+            return self.persona
+        if slot not in self._personas:
+            from pipeline.procedural import ephemeral_persona
+
+            self._personas[slot] = ephemeral_persona((self._seed + slot * 7919) % (2**63))
+        return self._personas[slot]
+
+    def _frame_time(self, frame: av.VideoFrame) -> float:
+        t = frame.time
+        return float(t) if t is not None else self.frames / 30.0
+
+    def _mask(self, frame: av.VideoFrame) -> av.VideoFrame:
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        cfg = self.config
+        now = self._frame_time(frame)
+        h, w = frame.height, frame.width
+        yuv_path = frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
+        t = time.perf_counter()
+        rgb = frame.to_ndarray(format="rgb24")
+        yuv = frame.to_ndarray() if yuv_path else None
+        timings["convert"] = time.perf_counter() - t
+
+        tracker = self.tracker
+        if self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection():
+            t = time.perf_counter()
+            detections = self.backend.detector.detect(rgb)
+            timings["detect"] = time.perf_counter() - t
+            self._detected_once = True
+            tracker.refresh_holds(detections, now)
+            tracker.apply_detections(detections, now)
+        else:
+            detections = []
+        self.frames += 1
+
+        t = time.perf_counter()
+        for track in list(tracker.tracks):
+            tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
+        tracker.dedupe()
+        tracker.expire(now)
+        timings["landmarks"] = time.perf_counter() - t
+
+        uncovered_heads: list[np.ndarray] = []
+        if self.backend.segmenter is not None:
+            t = time.perf_counter()
+            sh, sw = self.backend.segmenter.input_hw
+            small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+            mask = self.backend.segmenter.segment(small, (h, w))
+            faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
+            uncovered_heads = heads_without_faces(mask, faces)
+            timings["segment"] = time.perf_counter() - t
+
+        rects: list[tuple[int, int, int, int]] = []
+
+        def region(box: np.ndarray) -> tuple[int, int, int, int] | None:
+            x0, y0 = int(max(0, np.floor(box[0]))) & ~1, int(max(0, np.floor(box[1]))) & ~1
+            x1, y1 = min(w, int(np.ceil(box[2]) + 1) & ~1), min(h, int(np.ceil(box[3]) + 1) & ~1)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                return None
+            rects.append((x0, y0, x1, y1))
+            return x0, y0, x1, y1
+
+        def cover_box(box: np.ndarray, reason: str | None) -> None:
+            r = region(box)
+            if r is not None:
+                x0, y0, x1, y1 = r
+                rgb[y0:y1, x0:x1] = cover(rgb[y0:y1, x0:x1], self.cover_style)
+            if reason is not None:
+                self._count(reason)
+
+        t = time.perf_counter()
+        for track in tracker.tracks:
+            if self.mode in COVER_MODES:
+                cover_box(grow_box(track.box, 0.2, (h, w)), None)  # the session's chosen style
+                continue
+            if track.size < cfg.min_face_px or track.landmarks is None:
+                cover_box(grow_box(track.box, 0.2, (h, w)), "small_face")
+                continue
+            r = region(grow_box(track.box, SWAP_MARGIN, (h, w)))
+            if r is None:
+                continue
+            x0, y0, x1, y1 = r
+            patch = rgb[y0:y1, x0:x1].copy()
+            points = track.landmarks[:, :2] - np.array([x0, y0], np.float32)
+            self.swapper.swap(patch, points, self._persona_for(track.slot))
+            rgb[y0:y1, x0:x1] = patch
+        timings["swap"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        for held in tracker.held:
+            cover_box(grow_box(held.box, HELD_MARGIN, (h, w)), held.reason)
+        for head in uncovered_heads:
+            cover_box(head, "person_no_face")
+        timings["cover"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if not self._detected_once:  # unreachable unless the detector raised; kept as the rule says
+            self._count("no_detection_yet")
+            out = self._covered(frame)
+        elif yuv is not None:
+            for x0, y0, x1, y1 in rects:
+                write_rgb_region(yuv, h, w, x0, y0, rgb[y0:y1, x0:x1])
+            out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        else:
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=frame.format.name)
+        out.pts, out.time_base = frame.pts, frame.time_base
+        timings["convert"] += time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        self.last_timings = {k: v * 1000.0 for k, v in timings.items()}
+        if self.on_timings is not None:
+            self.on_timings(self.last_timings)
+        if yuv is not None:
+            self._last_output = (yuv, time.monotonic())
+        return out
+
+    # -- fail closed ------------------------------------------------------------------
+
+    def _covered(self, frame: av.VideoFrame) -> av.VideoFrame:
+        h, w = frame.height, frame.width
+        if frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0:
+            yuv = frame.to_ndarray()
+            cover_i420(yuv, h, w, self.cover_style)
+            out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        else:
+            rgb = frame.to_ndarray(format="rgb24")
+            out = av.VideoFrame.from_ndarray(cover(rgb, "blur"), format="rgb24").reformat(format=frame.format.name)
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
+    def _fallback(self, frame: av.VideoFrame, reason: str) -> av.VideoFrame:
+        """Rule 3: the last masked frame again (if recent and the same size), else a covered frame."""
+        self._count(reason)
+        last = self._last_output
+        if last is not None and time.monotonic() - last[1] <= REPEAT_MAX_S and last[0].shape == (frame.height * 3 // 2, frame.width):
+            out = av.VideoFrame.from_ndarray(last[0], format="yuv420p")
+            out.pts, out.time_base = frame.pts, frame.time_base
+            return out
+        return self._covered(frame)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.backends.onnx import crop_matrix
+from pipeline.persona import canonical_layout
+from pipeline.tracking import FaceTracker, OneEuroFilter, grow_box, iou, roi_from_detection, roi_from_landmarks
+from pipeline.types import CropRoi, FaceDetection, FaceLandmarks
+
+
+def _det(x0: float, y0: float, x1: float, y1: float, roll_deg: float = 0.0) -> FaceDetection:
+    cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0
+    a = math.radians(roll_deg)
+    d = np.array([math.cos(a), math.sin(a)]) * w * 0.2
+    kps = np.array([[cx, cy] - d, [cx, cy] + d, [cx, cy], [cx - 10, cy + 20], [cx + 10, cy + 20]], np.float32)
+    return FaceDetection(np.array([x0, y0, x1, y1], np.float32), 0.9, kps)
+
+
+def _landmarks(scale: float, dx: float, dy: float, roll_deg: float = 0.0, presence: float = 0.99) -> FaceLandmarks:
+    xy = canonical_layout(512) - 256.0
+    a = math.radians(roll_deg)
+    r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    pts = xy @ r.T * scale + [dx, dy]
+    return FaceLandmarks(np.concatenate([pts, np.zeros((468, 1))], axis=1).astype(np.float32), presence)
+
+
+def test_roi_from_detection_is_scaled_square_with_eye_roll():
+    roi = roi_from_detection(_det(100, 100, 200, 220, roll_deg=20))
+    assert roi.cx == pytest.approx(150) and roi.cy == pytest.approx(160)
+    assert roi.size == pytest.approx(120 * 1.5)
+    assert roi.rotation == pytest.approx(math.radians(20), abs=1e-5)
+
+
+def test_roi_from_landmarks_recovers_roll_and_centre():
+    for roll in (-30, 0, 25):
+        lm = _landmarks(0.5, 640, 360, roll)
+        roi = roi_from_landmarks(lm.points)
+        assert math.degrees(roi.rotation) == pytest.approx(roll, abs=0.5)
+        assert roi.cx == pytest.approx(640, abs=3) and roi.cy == pytest.approx(360 + 0.5 * (0 - 0), abs=20)
+
+
+def test_crop_matrix_maps_roi_to_crop_square():
+    roi = CropRoi(300, 200, 96, math.radians(30))
+    m = crop_matrix(roi, 192)
+    centre = m[:, :2] @ [300, 200] + m[:, 2]
+    assert centre == pytest.approx([96, 96])
+    # a point along the face's own x axis lands on the crop's horizontal line
+    p = np.array([300 + 48 * math.cos(math.radians(30)), 200 + 48 * math.sin(math.radians(30))])
+    assert (m[:, :2] @ p + m[:, 2]) == pytest.approx([192, 96], abs=1e-6)
+
+
+def test_one_euro_smooths_jitter_and_follows_motion():
+    rng = np.random.default_rng(1)
+    f = OneEuroFilter(1.0, 0.05)
+    still = [f(np.array([100.0 + rng.normal(0, 1.0)]), i / 30, scale=100)[0] for i in range(60)]
+    assert np.std(still[20:]) < 0.5  # jitter of 1 px std is cut down
+    g = OneEuroFilter(1.0, 0.05)
+    moving = [g(np.array([i * 10.0]), i / 30, scale=100)[0] for i in range(60)]
+    assert abs(moving[-1] - 590.0) < 15  # a fast move is followed with little lag
+
+
+def test_tracker_starts_tracks_holds_lost_faces_and_reuses_slot():
+    tr = FaceTracker(hold_s=1.0)
+    assert tr.needs_detection()
+    tr.apply_detections([_det(500, 300, 700, 520)], now=0.0)
+    assert len(tr.tracks) == 1 and tr.tracks[0].slot == 0
+    track = tr.tracks[0]
+    assert tr.update(track, _landmarks(0.55, 600, 410), now=0.033)
+    assert not tr.needs_detection()
+    # the same face detected again is not a new track
+    tr.apply_detections([_det(505, 300, 705, 520)], now=0.066)
+    assert len(tr.tracks) == 1
+    # landmarks lose the face: it is held at its last box
+    assert not tr.update(track, _landmarks(0.55, 600, 410, presence=0.1), now=0.1)
+    assert not tr.tracks and len(tr.held) == 1 and tr.held[0].reason == "lost"
+    assert tr.needs_detection()
+    tr.expire(0.9)
+    assert tr.held
+    tr.expire(1.2)
+    assert not tr.held
+
+
+def test_held_face_refreshed_while_detector_sees_it_and_slot_reused():
+    tr = FaceTracker(hold_s=0.5)
+    tr.apply_detections([_det(500, 300, 700, 520)], 0.0)
+    tr.update(tr.tracks[0], None, 0.0)  # landmarks rejected it from the start
+    assert tr.held[0].reason == "no_landmarks"
+    tr.refresh_holds([_det(510, 300, 710, 520)], 0.4)
+    tr.expire(0.8)
+    assert tr.held  # still seen by the detector at 0.4: held until 0.9
+    tr.apply_detections([_det(510, 300, 710, 520)], 0.8)
+    assert tr.tracks[0].slot == 0
+
+
+def test_second_face_gets_next_slot_and_dedupe_keeps_older():
+    tr = FaceTracker()
+    tr.apply_detections([_det(100, 100, 200, 220), _det(600, 100, 700, 220)], 0.0)
+    assert sorted(t.slot for t in tr.tracks) == [0, 1]
+    tr.tracks[1].box = tr.tracks[0].box.copy()
+    tr.dedupe()
+    assert len(tr.tracks) == 1 and tr.tracks[0].id == 0
+
+
+def test_iou_and_grow_box():
+    a = np.array([0, 0, 10, 10], np.float32)
+    assert iou(a, a) == pytest.approx(1.0)
+    assert iou(a, np.array([5, 0, 15, 10], np.float32)) == pytest.approx(1 / 3)
+    g = grow_box(a, 0.5, (12, 12))
+    assert list(g) == [0, 0, 12, 12]
