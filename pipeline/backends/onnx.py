@@ -30,8 +30,10 @@ _STRIDES = (8, 16, 32)
 class YuNetDetector:
     """YuNet 2023mar: several faces, small ones too, with 5 keypoints.
 
-    The image is scaled down to ``detect_width`` (never up), padded to a multiple of 32
-    and run through the dynamic-shape graph; boxes come back in the caller's pixels.
+    The image is scaled down to ``detect_width`` (never up, and never below half its
+    size: a 1080p crowd's 40 px faces would shrink to 13 px at 640 and be missed), padded
+    to a multiple of 32 and run through the dynamic-shape graph; boxes come back in the
+    caller's pixels.
     """
 
     def __init__(
@@ -41,7 +43,9 @@ class YuNetDetector:
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         max_faces: int = 32,
+        min_scale: float = 0.5,
     ) -> None:
+        self.min_scale = min_scale
         self.detect_width = detect_width
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
@@ -63,7 +67,7 @@ class YuNetDetector:
 
     def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
         h, w = rgb.shape[:2]
-        scale = min(1.0, self.detect_width / float(w))
+        scale = min(1.0, max(self.detect_width / float(w), self.min_scale))
         if scale < 1.0:
             sw, sh = max(32, round(w * scale)), max(32, round(h * scale))
             small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)

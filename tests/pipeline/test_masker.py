@@ -1,0 +1,262 @@
+"""The masker on real footage, with faults injected into real stages.
+
+Every check compares the face region of each output frame with the input's: the raw face
+must never come back, whatever the stages do. Needs ../shared/eval (real faces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from edge_server.config import PipelineConfig
+from pipeline.backends import Backend, create_backend
+from pipeline.backends.onnx import YuNetDetector
+from pipeline.masker import FaceMasker
+from pipeline.types import FaceLandmarks
+from tests.helpers import have_shared_eval
+
+N_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def face_frames() -> list[av.VideoFrame]:
+    """A real talking face, 1280x720, with its boxes from an independent full-resolution pass."""
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent: the masker's fault tests need real faces")
+    frames = []
+    with av.open(str(root / "videos" / "lp_s18.mp4")) as c:
+        for f in c.decode(video=0):
+            frames.append(f.reformat(format="yuv420p"))
+            if len(frames) == N_FRAMES:
+                break
+    return frames
+
+
+@pytest.fixture(scope="module")
+def face_boxes(face_frames) -> list[np.ndarray]:
+    det = YuNetDetector(detect_width=4096)
+    boxes = []
+    for f in face_frames:
+        found = det.detect(f.to_ndarray(format="rgb24"))
+        assert found, "the reference detector must see the face in every test frame"
+        boxes.append(found[0].box)
+    return boxes
+
+
+def _inner(box: np.ndarray) -> tuple[slice, slice]:
+    """The middle of the face box (eyes, nose, mouth): what must never pass through."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    return slice(int(y0 + 0.2 * h), int(y1 - 0.15 * h)), slice(int(x0 + 0.15 * w), int(x1 - 0.15 * w))
+
+
+def _detail(rgb: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return grey - cv2.GaussianBlur(grey, (0, 0), 2.0)
+
+
+def face_detail_correlation(inp: av.VideoFrame, out: av.VideoFrame, box: np.ndarray) -> float:
+    """Correlation of the fine detail (eyes, brows, lips, skin texture) inside the face.
+
+    ~1 when the real face passes through (even re-encoded); ~0 once it is swapped,
+    pixelated or blurred.
+    """
+    ys, xs = _inner(box)
+    a = _detail(np.ascontiguousarray(inp.to_ndarray(format="rgb24")[ys, xs])).ravel()
+    b = _detail(np.ascontiguousarray(out.to_ndarray(format="rgb24")[ys, xs])).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def assert_face_masked(inp: av.VideoFrame, out: av.VideoFrame, box: np.ndarray, what: str) -> None:
+    corr = face_detail_correlation(inp, out, box)
+    assert corr < 0.3, f"{what}: the face's detail came through (correlation {corr:.2f} with the input)"
+
+
+def _config(**kw) -> PipelineConfig:
+    base = dict(deadline_ms=0)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+def _run(masker: FaceMasker, frames, boxes, what: str) -> list[av.VideoFrame]:
+    outs = []
+    for i, (f, box) in enumerate(zip(frames, boxes)):
+        out = masker.process(f)
+        assert (out.width, out.height, out.pts) == (f.width, f.height, f.pts)
+        assert_face_masked(f, out, box, f"{what}, frame {i}")
+        outs.append(out)
+    return outs
+
+
+class _Wrap:
+    """Wraps a real stage to inject a fault on chosen calls (a fault injector, not a mock)."""
+
+    def __init__(self, inner, fault, calls: set[int] | None = None) -> None:
+        self.inner, self.fault, self.calls, self.n, self.armed = inner, fault, calls, 0, True
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _call(self, method: str, *args):
+        if not self.armed:
+            return getattr(self.inner, method)(*args)
+        i, self.n = self.n, self.n + 1
+        if self.calls is None or i in self.calls:
+            return self.fault(getattr(self.inner, method), *args)
+        return getattr(self.inner, method)(*args)
+
+    def detect(self, *args):
+        return self._call("detect", *args)
+
+    def landmarks(self, *args):
+        return self._call("landmarks", *args)
+
+    def segment(self, *args):
+        return self._call("segment", *args)
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    return create_backend()
+
+
+def _masker(backend: Backend, mode: str = "anonymize", **kw) -> tuple[FaceMasker, Counter]:
+    seen: Counter = Counter()
+    b = Backend(kw.pop("detector", backend.detector), kw.pop("landmarker", backend.landmarker), kw.pop("segmenter", backend.segmenter))
+    wrapped = [s for s in (b.detector, b.landmarker, b.segmenter) if isinstance(s, _Wrap)]
+    for w in wrapped:
+        w.armed = False  # the masker's warm-up calls pass through untouched
+    masker = FaceMasker(_config(**kw), mode=mode, backend=b, on_cover=lambda r: seen.update([r]), seed=7)
+    for w in wrapped:
+        w.armed = True
+    return masker, seen
+
+
+@pytest.mark.parametrize("mode", ["anonymize", "persona", "blur", "pixelate"])
+def test_every_mode_masks_every_frame(backend, face_frames, face_boxes, mode):
+    masker, seen = _masker(backend, mode)
+    try:
+        assert face_detail_correlation(face_frames[0], face_frames[0], face_boxes[0]) > 0.99  # the check can fail
+        _run(masker, face_frames, face_boxes, mode)
+        assert masker.tracker.tracks, "the face should be tracked"
+        if mode in ("anonymize", "persona"):
+            assert not seen, f"a clean run should need no guard covers, got {dict(seen)}"
+    finally:
+        masker.close()
+
+
+def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_boxes):
+    calls = _Wrap(backend.detector, lambda f, *a: f(*a), calls=set())
+    masker, _ = _masker(backend, detector=calls, detect_every=5)
+    try:
+        _run(masker, face_frames[:20], face_boxes[:20], "tracking")
+        assert calls.n == 4  # frames 0, 5, 10, 15
+    finally:
+        masker.close()
+
+
+def test_detector_misses_after_first_frame_keep_the_face_masked(backend, face_frames, face_boxes):
+    blind = _Wrap(backend.detector, lambda f, *a: [], calls=set(range(1, 1000)))
+    masker, _ = _masker(backend, detector=blind, detect_every=2)
+    try:
+        _run(masker, face_frames, face_boxes, "detector blind after frame 0")
+    finally:
+        masker.close()
+
+
+def test_a_face_the_detector_never_finds_is_covered_through_segmentation(backend, face_frames, face_boxes):
+    blind = _Wrap(backend.detector, lambda f, *a: [])
+    masker, seen = _masker(backend, detector=blind)
+    try:
+        _run(masker, face_frames[:8], face_boxes[:8], "detector always blind")
+        assert seen["person_no_face"] >= 8
+    finally:
+        masker.close()
+
+
+def test_lost_landmarks_hold_a_cover_at_the_last_place(backend, face_frames, face_boxes):
+    def absent(f, rgb, roi):
+        lm = f(rgb, roi)
+        return FaceLandmarks(lm.points, 0.0)
+
+    flaky = _Wrap(backend.landmarker, absent, calls=set(range(3, 12)))
+    masker, seen = _masker(backend, landmarker=flaky, segmentation=False)
+    masker.backend.segmenter = None
+    try:
+        _run(masker, face_frames, face_boxes, "landmarks lost on frames 3-11")
+        assert seen["lost"] >= 1
+    finally:
+        masker.close()
+
+
+def test_stage_exceptions_cover_the_frame(backend, face_frames, face_boxes):
+    def boom(f, *a):
+        raise RuntimeError("injected landmark failure")
+
+    flaky = _Wrap(backend.landmarker, boom, calls={0, 6, 7})
+    masker, seen = _masker(backend, landmarker=flaky)
+    try:
+        _run(masker, face_frames[:12], face_boxes[:12], "landmark exceptions")
+        assert seen["error"] == 3
+    finally:
+        masker.close()
+
+
+def test_a_slow_stage_misses_the_deadline_and_the_frame_is_covered(backend, face_frames, face_boxes):
+    release = threading.Event()
+
+    def stall(f, *a):
+        release.wait(2.0)
+        return f(*a)
+
+    slow = _Wrap(backend.segmenter, stall, calls={4})
+    masker, seen = _masker(backend, segmenter=slow, deadline_ms=150)
+    try:
+        for i, (f, box) in enumerate(zip(face_frames[:10], face_boxes[:10])):
+            t = time.perf_counter()
+            out = masker.process(f)
+            took = time.perf_counter() - t
+            assert took < 1.0, f"frame {i} waited {took:.2f} s for a stalled stage"
+            assert_face_masked(f, out, box, f"slow segmenter, frame {i}")
+            if i == 6:
+                release.set()
+                time.sleep(0.2)
+        assert seen["deadline"] >= 2  # the stalled frame and the ones offered while it ran
+    finally:
+        release.set()
+        masker.close()
+
+
+def test_first_frame_failure_is_a_covered_frame(backend, face_frames, face_boxes):
+    def boom(f, *a):
+        raise RuntimeError("injected detector failure")
+
+    broken = _Wrap(backend.detector, boom)
+    masker, seen = _masker(backend, detector=broken)
+    try:
+        _run(masker, face_frames[:3], face_boxes[:3], "detector raising")
+        assert seen["error"] == 3
+    finally:
+        masker.close()
+
+
+def test_timings_are_reported(backend, face_frames):
+    masker, _ = _masker(backend)
+    try:
+        masker.process(face_frames[0])
+        assert {"detect", "landmarks", "swap", "total"} <= set(masker.last_timings)
+        assert masker.last_timings["total"] >= masker.last_timings["landmarks"]
+    finally:
+        masker.close()
