@@ -76,9 +76,10 @@ class FaceMasker:
         self._seed = secrets.randbits(62) if seed is None else seed  # anonymize: per session, never stored
         self._personas: dict[int, Persona] = {}
         self._detected_once = False
+        self._holder: int | None = None
         self._last_output: tuple[np.ndarray, float] | None = None
         if mode in SWAP_MODES:
-            self._persona_for(0)  # render up front: the first frame should not pay for it
+            self._ephemeral(0)  # render up front: the first frame should not pay for it
         self._warm_up()
         self._runner: DeadlineRunner[av.VideoFrame] | None = None
         if config.deadline_ms and config.deadline_ms > 0:
@@ -121,18 +122,33 @@ class FaceMasker:
         if self.on_cover is not None:
             self.on_cover(reason)
 
-    def _persona_for(self, slot: int) -> Persona:
-        if slot == 0 and self.mode == "persona" and self.persona is not None:
-            return self.persona
+    def _ephemeral(self, slot: int) -> Persona:
         if slot not in self._personas:
             from pipeline.procedural import ephemeral_persona
 
             self._personas[slot] = ephemeral_persona((self._seed + slot * 7919) % (2**63))
         return self._personas[slot]
 
+    def _persona_holder(self) -> int | None:
+        """Persona mode: the id of the track wearing the session's persona, the largest face.
+
+        The persona moves to another face only when that one is 25% larger, so two faces of
+        about the same size do not swap identities back and forth.
+        """
+        tracks = self.tracker.tracks
+        if self.mode != "persona" or self.persona is None or not tracks:
+            return None
+        largest = max(tracks, key=lambda t: t.size)
+        current = next((t for t in tracks if t.id == self._holder), None)
+        if current is None or largest.size > 1.25 * current.size:
+            self._holder = largest.id
+        return self._holder
+
     def _frame_time(self, frame: av.VideoFrame) -> float:
-        t = frame.time
-        return float(t) if t is not None else self.frames / 30.0
+        """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
+        if frame.pts is None or frame.time_base is None:
+            return self.frames / 30.0
+        return float(frame.pts * frame.time_base)
 
     def _mask(self, frame: av.VideoFrame) -> av.VideoFrame:
         timings: dict[str, float] = {}
@@ -194,6 +210,7 @@ class FaceMasker:
                 self._count(reason)
 
         t = time.perf_counter()
+        holder = self._persona_holder()
         for track in tracker.tracks:
             if self.mode in COVER_MODES:
                 cover_box(grow_box(track.box, 0.2, (h, w)), None)  # the session's chosen style
@@ -207,7 +224,8 @@ class FaceMasker:
             x0, y0, x1, y1 = r
             patch = rgb[y0:y1, x0:x1].copy()
             points = track.landmarks[:, :2] - np.array([x0, y0], np.float32)
-            self.swapper.swap(patch, points, self._persona_for(track.slot))
+            persona = self.persona if track.id == holder and self.persona is not None else self._ephemeral(track.slot)
+            self.swapper.swap(patch, points, persona)
             rgb[y0:y1, x0:x1] = patch
         timings["swap"] = time.perf_counter() - t
 
@@ -228,7 +246,7 @@ class FaceMasker:
             out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         else:
             out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=frame.format.name)
-        out.pts, out.time_base = frame.pts, frame.time_base
+        _keep_timing(out, frame)
         timings["convert"] += time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         self.last_timings = {k: v * 1000.0 for k, v in timings.items()}
@@ -249,7 +267,7 @@ class FaceMasker:
         else:
             rgb = frame.to_ndarray(format="rgb24")
             out = av.VideoFrame.from_ndarray(cover(rgb, "blur"), format="rgb24").reformat(format=frame.format.name)
-        out.pts, out.time_base = frame.pts, frame.time_base
+        _keep_timing(out, frame)
         return out
 
     def _fallback(self, frame: av.VideoFrame, reason: str) -> av.VideoFrame:
@@ -258,6 +276,12 @@ class FaceMasker:
         last = self._last_output
         if last is not None and time.monotonic() - last[1] <= REPEAT_MAX_S and last[0].shape == (frame.height * 3 // 2, frame.width):
             out = av.VideoFrame.from_ndarray(last[0], format="yuv420p")
-            out.pts, out.time_base = frame.pts, frame.time_base
+            _keep_timing(out, frame)
             return out
         return self._covered(frame)
+
+
+def _keep_timing(out: av.VideoFrame, frame: av.VideoFrame) -> None:
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base

@@ -260,3 +260,47 @@ def test_timings_are_reported(backend, face_frames):
         assert masker.last_timings["total"] >= masker.last_timings["landmarks"]
     finally:
         masker.close()
+
+
+class _RecordingSwapper:
+    """The real swapper, noting which persona went on which face."""
+
+    def __init__(self) -> None:
+        from pipeline.swap import MeshSwapper
+
+        self.inner = MeshSwapper()
+        self.calls: list[tuple[str, str, float]] = []
+
+    def swap(self, region, points, persona) -> None:
+        xy = np.asarray(points)[:, :2]
+        self.calls.append((persona.id, persona.kind, float(np.ptp(xy, axis=0).max())))
+        self.inner.swap(region, points, persona)
+
+
+def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent")
+    from pipeline.procedural import builtin_persona
+
+    rgb = cv2.cvtColor(cv2.imread(str(root / "images" / "insightface" / "t1.jpg")), cv2.COLOR_BGR2RGB)
+    rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2])
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    boxes = [d.box for d in YuNetDetector(detect_width=4096).detect(rgb)]
+    assert len(boxes) == 6
+    swapper = _RecordingSwapper()
+    persona = builtin_persona("builtin-anime")
+    masker = FaceMasker(_config(), mode="persona", persona=persona, backend=backend, swapper=swapper, seed=3)
+    try:
+        out = masker.process(frame)
+        for box in boxes:
+            assert_face_masked(frame, out, box, "group photo")
+        faces = swapper.calls
+        assert len(faces) == 6
+        largest = max(faces, key=lambda c: c[2])
+        assert largest[0] == "builtin-anime"
+        others = [c for c in faces if c is not largest]
+        assert all(c[1] == "ephemeral" for c in others)
+        assert len({c[0] for c in others}) == 5, "every other face is a different nobody"
+    finally:
+        masker.close()
