@@ -45,6 +45,8 @@ class AuthConfig:
     api_keys: list[str] = field(default_factory=list)
     token_secret: str | None = None
     publish_token_ttl_s: int = 86400
+    play_token_ttl_s: int = 300  # WHEP play tokens: default lifetime (POST .../play-tokens may ask for another)
+    play_token_max_ttl_s: int = 86400
 
 
 @dataclass
@@ -89,6 +91,26 @@ class PipelineConfig:
 
 
 @dataclass
+class WebRtcConfig:
+    """WHIP ingest and WHEP playback (aiortc)."""
+
+    enabled: bool = True
+    ice_servers: list[str] = field(default_factory=list)  # e.g. stun:stun.example.com:3478; none by default
+    ice_username: str | None = None  # for turn: URLs in ice_servers
+    ice_credential: str | None = None
+    public_ip: str | None = None  # advertised as an extra host candidate when the node sits behind 1:1 NAT
+    host_addresses: list[str] = field(default_factory=list)  # gather only on these local addresses; empty = all
+    allow_loopback: bool = False  # offer 127.0.0.1 candidates (tests, same-host clients)
+    max_viewers_per_session: int = 50
+    max_viewers: int = 200  # WHEP viewers on this node, all sessions
+    connect_timeout_s: float = 15.0  # a peer not connected this long after its 201 is dropped
+    idle_timeout_s: float = 10.0  # a WHIP publisher that sends no video this long is closed
+    audio_bitrate_kbps: int = 128  # AAC made from WHIP's Opus for the RTMP targets
+    opus_bitrate_kbps: int = 96  # Opus made from RTMP's AAC for WHEP viewers
+    cors_allow_origin: str = "*"  # WHIP/WHEP answers to browsers on other origins (tokens, no cookies)
+
+
+@dataclass
 class ServerConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
@@ -98,6 +120,7 @@ class ServerConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     data_dir: str = "./data"
     log_level: str = "INFO"
 
@@ -161,6 +184,12 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
             return int(value)
         if kind.startswith("float"):
             return float(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+                return value.lower() in ("true", "yes", "on", "1")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise TypeError
         if kind.startswith("str"):
             return str(value)
         if kind.startswith("list"):
@@ -174,5 +203,5 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
 
 _DATACLASSES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (HttpConfig, RtmpConfig, PublicConfig, AuthConfig, LimitsConfig, EncoderConfig, EgressConfig, PipelineConfig)
+    for cls in (HttpConfig, RtmpConfig, PublicConfig, AuthConfig, LimitsConfig, EncoderConfig, EgressConfig, PipelineConfig, WebRtcConfig)
 }

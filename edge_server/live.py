@@ -1,5 +1,6 @@
-"""Live publishes on this node: authorises RTMP publishers, runs one SessionRuntime each,
-ends them on disconnect, DELETE or max duration."""
+"""Live publishes on this node: authorises RTMP and WHIP publishers, runs one SessionRuntime
+each, ends them on disconnect, DELETE or max duration; keeps each session's WHEP viewers
+(a ViewerHub that outlives a publish, so viewers stay across an OBS reconnect)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable
 
 from edge_server.metrics import MediaMetrics
 from edge_server.runtime import RuntimeSettings, SessionRuntime
+from edge_server.webrtc.hub import ViewerHub
 from pipeline.stage import FrameProcessor
 from signaling.service import PublishDenied, SessionService
 
@@ -21,6 +23,7 @@ class _LivePublish:
     runtime: SessionRuntime
     kick: Callable[[str], None]  # closes the publisher's connection
     timer: asyncio.TimerHandle | None
+    protocol: str = "rtmp"
 
 
 class _RuntimeSink:
@@ -51,6 +54,7 @@ class LiveManager:
         self.processor_factory = processor_factory
         self.rtmp_app = rtmp_app
         self._live: dict[str, _LivePublish] = {}
+        self._hubs: dict[str, ViewerHub] = {}
         self._accepting = False
         service.add_end_listener(self._on_session_ended)
 
@@ -67,17 +71,39 @@ class LiveManager:
             self.metrics.rejected_publishes.labels(str(denied.status)).inc()
             log.warning("publish refused from %s: %s", request.peer, denied.reason)  # never the key itself
             return None
-        runtime = SessionRuntime(session.id, session.targets, self.processor_factory(session), self.settings, self.metrics)
+        runtime = self._go_live(session, publisher.close, "rtmp", request.peer)
+        return _RuntimeSink(self, session.id, runtime)
+
+    async def begin_webrtc_publish(self, token: str, session_id: str, kick: Callable[[str], None], peer: str) -> SessionRuntime:
+        """A WHIP publisher: same rules and state machine as RTMP. Raises PublishDenied."""
+        if not self._accepting:
+            raise PublishDenied(503, "node is not accepting publishes")
+        try:
+            session = await self.service.begin_publish(token, session_id=session_id)
+        except PublishDenied as denied:
+            self.metrics.rejected_publishes.labels(str(denied.status)).inc()
+            log.warning("WHIP publish refused from %s: %s", peer, denied.reason)  # never the token itself
+            raise
+        return self._go_live(session, kick, "whip", peer)
+
+    def _go_live(self, session: Any, kick: Callable[[str], None], protocol: str, peer: str) -> SessionRuntime:
+        runtime = SessionRuntime(
+            session.id, session.targets, self.processor_factory(session), self.settings, self.metrics, viewers=self.viewer_hub(session.id)
+        )
         runtime.start()
         remaining = self.service.remaining_live_seconds(session)
         loop = asyncio.get_running_loop()
         timer = None
         if remaining is not None:
             timer = loop.call_later(remaining, lambda: loop.create_task(self.service.end(session.id, "max_duration")))
-        self._live[session.id] = _LivePublish(runtime, publisher.close, timer)
+        self._live[session.id] = _LivePublish(runtime, kick, timer, protocol)
         self.metrics.active_sessions.set(len(self._live))
-        log.info("session %s live from %s with %d target(s)", session.id, request.peer, len(session.targets))
-        return _RuntimeSink(self, session.id, runtime)
+        log.info("session %s live over %s from %s with %d target(s)", session.id, protocol, peer, len(session.targets))
+        return runtime
+
+    async def publisher_gone(self, session_id: str, runtime: SessionRuntime) -> None:
+        """The publisher (RTMP connection or WHIP peer) went away; idempotent."""
+        await self._publisher_gone(session_id, runtime)
 
     # -- endings ----------------------------------------------------------------------
 
@@ -92,17 +118,52 @@ class LiveManager:
         await asyncio.get_running_loop().run_in_executor(None, runtime.stop)
         await self.service.end_publish(session_id)
         self.metrics.forget_session(session_id)
+        self._release_hub(session_id)
         log.info("session %s publish closed: %d frames in, %d out, dropped %s", session_id, runtime.frames_in, runtime.frames_out, dict(runtime.dropped))
 
     async def _on_session_ended(self, session_id: str, reason: str) -> None:
         live = self._live.get(session_id)
         if live is not None:
             live.kick(f"session ended: {reason}")  # the sink's on_close then stops the runtime
+        hub = self._hubs.get(session_id)
+        if hub is not None:
+            hub.close_all(f"session ended: {reason}")  # each viewer's close removes it from the hub
 
     async def stop_all(self) -> None:
         for session_id, live in list(self._live.items()):
             live.kick("server shutting down")
             await self._publisher_gone(session_id, live.runtime)
+        for hub in list(self._hubs.values()):
+            hub.close_all("server shutting down")
+
+    # -- WHEP viewers ---------------------------------------------------------------------
+
+    def viewer_hub(self, session_id: str) -> ViewerHub:
+        hub = self._hubs.get(session_id)
+        if hub is None:
+            gauge = self.metrics.whep_viewers.labels(session_id)
+            hub = ViewerHub(session_id, asyncio.get_running_loop(), on_count=lambda n: self._count_viewers(gauge, n))
+            self._hubs[session_id] = hub
+        return hub
+
+    def viewer_left(self, session_id: str) -> None:
+        self._release_hub(session_id)
+
+    def viewer_count(self, session_id: str | None = None) -> int:
+        if session_id is not None:
+            hub = self._hubs.get(session_id)
+            return len(hub) if hub is not None else 0
+        return sum(len(hub) for hub in self._hubs.values())
+
+    def _count_viewers(self, gauge: Any, count: int) -> None:
+        gauge.set(count)
+        self.metrics.whep_viewers_all.set(self.viewer_count())
+
+    def _release_hub(self, session_id: str) -> None:
+        hub = self._hubs.get(session_id)
+        if hub is not None and not len(hub) and session_id not in self._live:
+            del self._hubs[session_id]
+            self.metrics.forget_viewers(session_id)
 
     # -- LiveView for the HTTP API ------------------------------------------------------
 
@@ -114,7 +175,9 @@ class LiveManager:
 
     def stats(self, session_id: str) -> dict[str, Any] | None:
         live = self._live.get(session_id)
-        return live.runtime.stats() if live is not None else None
+        if live is None:
+            return None
+        return {**live.runtime.stats(), "protocol": live.protocol, "viewers": self.viewer_count(session_id)}
 
     def runtime(self, session_id: str) -> SessionRuntime | None:
         live = self._live.get(session_id)

@@ -54,6 +54,11 @@ class MediaMetrics:
             "hikariedge_pipeline_stage_seconds", "Masking pipeline time per frame, by stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
         )
         self.rejected_publishes = Counter("hikariedge_rejected_publishes", "Publish attempts refused, by reason", ["reason"], registry=r)
+        self.whep_viewers = Gauge("hikariedge_whep_viewers", "WHEP viewers of a session", ["session"], registry=r)
+        self.whep_viewers_all = Gauge("hikariedge_whep_viewers_all", "WHEP viewers, all sessions", registry=r)
+        self.webrtc_requests = Counter(
+            "hikariedge_webrtc_requests", "WHIP/WHEP HTTP requests by protocol, method and status", ["protocol", "method", "status"], registry=r
+        )
 
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's labelled series so that the registry does not grow forever."""
@@ -62,6 +67,11 @@ class MediaMetrics:
         for metric, labels in ((self.frames_dropped, DROP_REASONS), (self.covered, COVER_REASONS + ("blur", "pixelate")), (self.session_stage_seconds, ("decode", "process", "encode"))):
             for label in labels:
                 _remove(metric, session_id, label)
+
+
+    def forget_viewers(self, session_id: str) -> None:
+        """The session has no viewers and no publish any more."""
+        _remove(self.whep_viewers, session_id)
 
 
 def _remove(metric, *labels: str) -> None:

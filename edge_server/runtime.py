@@ -4,6 +4,12 @@ The event loop only parses tag headers and queues bytes; decoding runs on one th
 processing plus encoding on another, joined by a slot of capacity one so that a slow
 pipeline lowers the frame rate instead of adding latency. Output video keeps the input's
 timestamps and AAC passes through untouched, so audio stays in sync.
+
+A WHIP publish enters the same slot with frames aiortc has already decoded (on_frame), and
+its audio arrives as decoded frames (on_audio_frame) that one AAC encoder per session turns
+into what the RTMP targets need. The encoded video also goes to the session's WHEP viewers
+(a ViewerHub), together with Opus made once per session; audio work runs on a thread of its
+own so that the event loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -29,16 +35,19 @@ from edge_server.flv import (
     parse_audio_tag,
     parse_video_tag,
 )
-from edge_server.media.codecs import DecodeError, EncodedVideo, EncoderSettings, H264Decoder, H264Encoder
+from edge_server.media.codecs import MS, DecodeError, EncodedVideo, EncoderSettings, H264Decoder, H264Encoder
 from edge_server.media.egress import AudioPacket, EgressHooks, EgressSettings, RtmpEgress, StreamLayout
 from edge_server.media.slot import LatestSlot, SlotClosed
 from edge_server.metrics import MediaMetrics
+from edge_server.webrtc.audio import AacEncoder, AacToOpus, OpusEncoder
+from edge_server.webrtc.hub import ViewerHub
 from pipeline.stage import FrameProcessor
 from signaling.models import Target
 
 log = logging.getLogger(__name__)
 
 KEYFRAME_REQUEST_INTERVAL_S = 0.5  # viewers/targets asking for keyframes must not flood the encoder
+AUDIO_QUEUE_MAX = 250  # ~5 s of audio frames waiting for the audio thread
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class RuntimeSettings:
     encoder_threads: int = 1
     max_decode_backlog_s: float = 1.0
     egress: EgressSettings = field(default_factory=EgressSettings)
+    aac_bitrate_kbps: int = 128  # AAC made from WebRTC audio for the RTMP targets
+    opus_bitrate_kbps: int = 96  # Opus made for WHEP viewers
 
 
 @dataclass
@@ -73,6 +84,7 @@ class SessionRuntime:
         processor: FrameProcessor,
         settings: RuntimeSettings,
         metrics: MediaMetrics,
+        viewers: ViewerHub | None = None,
     ) -> None:
         self.session_id = session_id
         self.targets = targets
@@ -83,6 +95,8 @@ class SessionRuntime:
         self.metadata: dict[str, Any] = {}
         self.egresses: tuple[RtmpEgress, ...] = ()
         self.encoder: H264Encoder | None = None
+        self.encoders_opened = 0  # one per publish: targets and viewers share its packets
+        self.viewers = viewers
         self.frames_in = 0
         self.frames_out = 0
         self.dropped: Counter[str] = Counter()
@@ -95,7 +109,13 @@ class SessionRuntime:
         self._skip_to_keyframe = False
         self._slot: LatestSlot[tuple[av.VideoFrame, float]] = LatestSlot()
         self._last_keyframe_request = 0.0
+        self._keyframe_pending = False
         self._lock = threading.Lock()
+        self._audio_queue: queue.Queue[tuple | object] = queue.Queue(AUDIO_QUEUE_MAX)
+        self._aac_encoder: AacEncoder | None = None  # WebRTC audio -> AAC for the targets
+        self._opus_encoder: OpusEncoder | None = None  # WebRTC audio -> Opus for viewers
+        self._aac_to_opus: AacToOpus | None = None  # RTMP's AAC -> Opus for viewers
+        self._audio_thread = threading.Thread(target=self._audio_loop, name=f"audio-{session_id}", daemon=True)
         self._decode_thread = threading.Thread(target=self._decode_loop, name=f"decode-{session_id}", daemon=True)
         self._worker_thread = threading.Thread(target=self._worker_loop, name=f"pipeline-{session_id}", daemon=True)
         self._stopped = False
@@ -103,6 +123,9 @@ class SessionRuntime:
     def start(self) -> None:
         self._decode_thread.start()
         self._worker_thread.start()
+        self._audio_thread.start()
+        if self.viewers is not None:
+            self.viewers.bind(self.request_keyframe)
 
     # -- called on the event loop (RTMP/WebRTC ingest) -------------------------------
 
@@ -150,6 +173,31 @@ class SessionRuntime:
             packet = AudioPacket(timestamp, tag.data)
             for egress in self.egresses:
                 egress.send(packet)
+            if self.viewers is not None and self.viewers.active and self._audio_extradata:
+                self._queue_audio(("aac", timestamp, tag.data, self._audio_extradata))
+
+    # -- called on the event loop (WebRTC ingest: frames aiortc decoded) -------------------
+
+    def on_frame(self, frame: av.VideoFrame, ms: int, ingest_time: float | None = None) -> None:
+        """A decoded picture at `ms` on the session's timeline; it goes through the same slot."""
+        frame.pts, frame.time_base = ms, MS
+        self._admit_frame(frame, ingest_time if ingest_time is not None else time.monotonic())
+
+    def configure_audio(self, sample_rate: int = 48000, channels: int = 2) -> None:
+        """WebRTC audio will follow: open the AAC encoder now so that the targets' header has audio."""
+        self._aac_encoder = AacEncoder(sample_rate, channels, self.settings.aac_bitrate_kbps * 1000)
+        self._audio_extradata = self._aac_encoder.extradata
+        self._audio_config = parse_audio_specific_config(self._audio_extradata)
+
+    def on_audio_frame(self, frame: av.AudioFrame, ms: float) -> None:
+        """A decoded audio frame at `ms`: AAC for the targets, Opus for viewers (audio thread)."""
+        self._queue_audio(("pcm", frame, ms))
+
+    def _queue_audio(self, job: tuple) -> None:
+        try:
+            self._audio_queue.put_nowait(job)
+        except queue.Full:
+            log.warning("session %s: audio thread fell behind; dropped a frame", self.session_id)
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -158,22 +206,32 @@ class SessionRuntime:
         if self._stopped:
             return
         self._stopped = True
+        if self.viewers is not None:
+            self.viewers.unbind(self.request_keyframe)
         self._video_queue.put(_END)
+        self._audio_queue.put(_END)
         self._decode_thread.join(timeout)
         self._worker_thread.join(timeout)
+        self._audio_thread.join(timeout)
         for egress in self.egresses:
             egress.close(timeout)
         self.processor.close()
 
     def request_keyframe(self) -> None:
-        """Rate-limited: many targets or viewers asking at once cost one keyframe."""
-        now = time.monotonic()
+        """Thread-safe. Rate-limited and coalesced: many targets or viewers asking at once cost one
+        keyframe, and a request inside the interval is kept for its end rather than lost (a viewer
+        joining just after another still gets its keyframe within KEYFRAME_REQUEST_INTERVAL_S)."""
         with self._lock:
-            if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S:
-                return
+            self._keyframe_pending = True
+
+    def _take_keyframe_request(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._keyframe_pending or now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S:
+                return False
+            self._keyframe_pending = False
             self._last_keyframe_request = now
-        if self.encoder is not None:
-            self.encoder.request_keyframe()
+            return True
 
     def stats(self) -> dict[str, Any]:
         times = list(self._out_times)
@@ -226,13 +284,18 @@ class SessionRuntime:
                 for pts in sorted(pending_ingest)[:-32]:
                     del pending_ingest[pts]
             for frame in frames:
-                ingest_time = pending_ingest.pop(int(frame.pts), item.ingest_time)
-                self.frames_in += 1
-                self.metrics.frames_in.labels(self.session_id).inc()
-                self.metrics.frames_in_all.inc()
-                if self._slot.put((frame, ingest_time)):
-                    self._drop("slot")
+                self._admit_frame(frame, pending_ingest.pop(int(frame.pts), item.ingest_time))
         self._slot.close()
+
+    def _admit_frame(self, frame: av.VideoFrame, ingest_time: float) -> None:
+        self.frames_in += 1
+        self.metrics.frames_in.labels(self.session_id).inc()
+        self.metrics.frames_in_all.inc()
+        try:
+            if self._slot.put((frame, ingest_time)):
+                self._drop("slot")
+        except SlotClosed:
+            pass  # stopping
 
     # -- pipeline worker thread -----------------------------------------------------------
 
@@ -256,6 +319,8 @@ class SessionRuntime:
             self._observe("process", time.perf_counter() - started)
             started = time.perf_counter()
             encoder = self.encoder or self._open_encoder(output)
+            if self._take_keyframe_request():
+                encoder.request_keyframe()
             packets = encoder.encode(output, ingest_time)
             self._observe("encode", time.perf_counter() - started)
             if not self.egresses and packets:
@@ -268,6 +333,10 @@ class SessionRuntime:
         # the encoder's size is fixed for the publish: targets cannot change resolution mid-stream
         width, height = frame.width - frame.width % 2, frame.height - frame.height % 2
         self.encoder = H264Encoder(EncoderSettings(width, height, self.fps, s.bitrate_kbps, s.gop_seconds, s.preset, s.encoder_threads))
+        self.encoders_opened += 1
+        with self._lock:  # its first frame is a keyframe: requests made so far are answered by it
+            self._keyframe_pending = False
+            self._last_keyframe_request = time.monotonic()
         log.info("session %s: encoding %dx%d at %.2f fps", self.session_id, width, height, self.fps)
         return self.encoder
 
@@ -293,6 +362,44 @@ class SessionRuntime:
         self.metrics.frames_out_all.inc()
         for egress in self.egresses:
             egress.send(packet)
+        if self.viewers is not None:
+            self.viewers.send_video(packet)
+
+    # -- audio thread -------------------------------------------------------------------
+
+    def _audio_loop(self) -> None:
+        while True:
+            job = self._audio_queue.get()
+            if job is _END:
+                return
+            try:
+                self._audio_job(job)  # type: ignore[arg-type]
+            except Exception:  # one bad frame must not end the session's sound
+                log.exception("session %s: audio transcoding failed on a frame; skipped", self.session_id)
+
+    def _audio_job(self, job: tuple) -> None:
+        kind = job[0]
+        viewers = self.viewers if self.viewers is not None and self.viewers.active else None
+        if kind == "aac":  # RTMP's AAC for viewers
+            _, ms, data, config = job
+            if viewers is None:
+                return
+            if self._aac_to_opus is None or self._aac_to_opus.config != config:
+                self._aac_to_opus = AacToOpus(config, self.settings.opus_bitrate_kbps * 1000)
+            for opus in self._aac_to_opus.feed(data, ms):
+                viewers.send_audio(opus)
+        elif kind == "pcm":  # WebRTC audio: AAC for the targets, Opus for viewers
+            _, frame, ms = job
+            if self._aac_encoder is not None:
+                for aac in self._aac_encoder.encode(frame, ms):
+                    packet = AudioPacket(aac.pts_ms, aac.data)
+                    for egress in self.egresses:
+                        egress.send(packet)
+            if viewers is not None:
+                if self._opus_encoder is None:
+                    self._opus_encoder = OpusEncoder(self.settings.opus_bitrate_kbps * 1000)
+                for opus in self._opus_encoder.encode(frame, ms):
+                    viewers.send_audio(opus)
 
     # -- bookkeeping (any thread) ------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from signaling.models import Session, SessionState, new_session_id
 from signaling.store import SessionStore
-from signaling.tokens import IssuedToken, TokenError, TokenIssuer
+from signaling.tokens import IssuedToken, TokenClaims, TokenError, TokenIssuer
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,11 @@ class SessionService:
             await listener(session_id, reason)
         return session
 
-    async def begin_publish(self, token: str) -> Session:
-        """Authorise a publisher presenting `token` (RTMP stream key or WHIP bearer) and mark the session live."""
-        try:
-            claims = self.issuer.verify(token, "publish")
-        except TokenError as exc:
-            raise PublishDenied(401, str(exc)) from None
+    async def begin_publish(self, token: str, session_id: str | None = None) -> Session:
+        """Authorise a publisher presenting `token` (RTMP stream key or WHIP bearer) and mark the session live.
+
+        `session_id`: the session the request named (the WHIP URL); a token for another one is refused."""
+        claims = self.check_token(token, "publish", session_id)
         async with self._lock:
             if await self.store.is_revoked(claims.token_id):
                 raise PublishDenied(401, "token revoked")
@@ -131,6 +130,32 @@ class SessionService:
             await self.store.save(session)
         log.info("publish started", extra={"session_id": session.id})
         return session
+
+    def check_token(self, token: str, scope: str, session_id: str | None = None) -> TokenClaims:
+        """Signature, expiry and scope, and that it names `session_id` when given. Raises PublishDenied(401)."""
+        try:
+            claims = self.issuer.verify(token, scope)
+        except TokenError as exc:
+            raise PublishDenied(401, str(exc)) from None
+        if session_id is not None and claims.session_id != session_id:
+            raise PublishDenied(401, "token is for another session")
+        return claims
+
+    async def authorize_play(self, token: str, session_id: str) -> Session:
+        """A WHEP viewer presenting a play token for `session_id`. Raises PublishDenied (401, 404)."""
+        claims = self.check_token(token, "play", session_id)
+        if await self.store.is_revoked(claims.token_id):
+            raise PublishDenied(401, "token revoked")
+        session = await self.store.get(claims.session_id)
+        if session is None:
+            raise PublishDenied(401, "token does not match a session")
+        if session.state is SessionState.ENDED:
+            raise PublishDenied(404, "session ended")
+        return session
+
+    def issue_play_token(self, session: Session, ttl_s: int) -> IssuedToken:
+        """A short-lived token a partner hands to one viewer; it dies with the session."""
+        return self.issuer.issue(session.id, "play", ttl_s)
 
     async def end_publish(self, session_id: str) -> None:
         """The publisher went away: back to idle so OBS can reconnect, unless the session ended."""

@@ -25,3 +25,16 @@ def test_bad_keys_and_values_are_clear_errors(tmp_path) -> None:
     path.write_text("- a list\n")
     with pytest.raises(ConfigError):
         load_config(path, environ={})
+
+
+def test_webrtc_section_and_booleans_from_the_environment() -> None:
+    config = load_config(environ={})
+    assert config.webrtc.enabled and config.webrtc.ice_servers == [] and not config.webrtc.allow_loopback
+    assert config.auth.play_token_ttl_s == 300
+    config = load_config(environ={"HIKARIEDGE__WEBRTC__ALLOW_LOOPBACK": "true", "HIKARIEDGE__WEBRTC__ENABLED": "0",
+                                  "HIKARIEDGE__WEBRTC__ICE_SERVERS": "stun:a.example:3478,stun:b.example:3478",
+                                  "HIKARIEDGE__WEBRTC__PUBLIC_IP": "198.51.100.7"})
+    assert config.webrtc.allow_loopback is True and config.webrtc.enabled is False
+    assert config.webrtc.ice_servers == ["stun:a.example:3478", "stun:b.example:3478"] and config.webrtc.public_ip == "198.51.100.7"
+    with pytest.raises(ConfigError, match="webrtc.allow_loopback"):
+        load_config(environ={"HIKARIEDGE__WEBRTC__ALLOW_LOOPBACK": "maybe"})

@@ -19,3 +19,13 @@ def test_forget_session_leaves_no_labelled_series_but_keeps_totals() -> None:
     ]
     assert leftover == []
     assert metrics.registry.get_sample_value("hikariedge_frames_dropped_all_total", {"reason": "process_error"}) == 1
+
+
+def test_forget_viewers_drops_the_sessions_viewer_gauge() -> None:
+    metrics = MediaMetrics()
+    metrics.whep_viewers.labels("ses_a").set(3)
+    metrics.whep_viewers_all.set(3)
+    metrics.webrtc_requests.labels("whep", "POST", "201").inc()
+    metrics.forget_viewers("ses_a")
+    assert metrics.registry.get_sample_value("hikariedge_whep_viewers", {"session": "ses_a"}) is None
+    assert metrics.registry.get_sample_value("hikariedge_webrtc_requests_total", {"protocol": "whep", "method": "POST", "status": "201"}) == 1
