@@ -1,4 +1,5 @@
-"""`hikariedge serve`: the whole node in one process with embedded defaults."""
+"""`hikariedge serve`: the whole node in one process with embedded defaults.
+`hikariedge mask`: the same pipeline over a video or image file (edge_server/filemode.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import signal
 import sys
 
+from edge_server import filemode
 from edge_server.config import ConfigError, load_config
 from edge_server.node import Node, StartupInfo
 
@@ -20,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--http-port", type=int)
     serve.add_argument("--rtmp-port", type=int)
     serve.add_argument("--data-dir")
+    filemode.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "mask":
+        return filemode.run(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

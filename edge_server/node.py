@@ -15,11 +15,14 @@ from edge_server.media.egress import EgressSettings
 from edge_server.metrics import MediaMetrics
 from edge_server.rtmp.server import RtmpServer
 from edge_server.runtime import RuntimeSettings
+from edge_server.webrtc.gateway import WebRtcGateway
 from pipeline.factory import build_processor
 from pipeline.persona import Persona
+from pipeline.persona_store import PersonaStore
 from pipeline.stage import FrameProcessor
 from signaling.apikeys import ApiKeyRing, load_or_create_dev_key
 from signaling.app import AccessLogger, Api, PublishUrls, create_app
+from signaling.whip import WebRtcHttpSettings
 from signaling.service import SessionService
 from signaling.store import InMemorySessionStore
 from signaling.tokens import TokenIssuer
@@ -44,6 +47,7 @@ class Node:
             self.new_dev_key, entry = load_or_create_dev_key(Path(config.data_dir))
             self.keys.add(entry)
         self.store = InMemorySessionStore()
+        self.personas = PersonaStore.in_data_dir(config.data_dir)  # <data_dir>/personas, plus the builtins
         self.service = SessionService(
             self.store,
             TokenIssuer(config.auth.token_secret),
@@ -59,6 +63,8 @@ class Node:
             preset=config.encoder.preset,
             encoder_threads=config.encoder.threads,
             egress=EgressSettings(e.reconnect_initial_s, e.reconnect_max_s, e.queue_seconds, e.io_timeout_s),
+            aac_bitrate_kbps=config.webrtc.audio_bitrate_kbps,
+            opus_bitrate_kbps=config.webrtc.opus_bitrate_kbps,
         )
         self.live = LiveManager(
             self.service, self.metrics, settings, self._make_processor, config.rtmp.app
@@ -70,6 +76,13 @@ class Node:
             handshake_timeout=config.rtmp.handshake_timeout_s,
             idle_timeout=config.rtmp.idle_timeout_s,
         )
+        self.webrtc: WebRtcGateway | None = None
+        if config.webrtc.enabled:
+            a = config.auth
+            self.webrtc = WebRtcGateway(
+                self.live, self.service, config.webrtc, self.metrics,
+                WebRtcHttpSettings(a.play_token_ttl_s, a.play_token_max_ttl_s, config.webrtc.cors_allow_origin),
+            )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -85,11 +98,16 @@ class Node:
             for stage, value in ms.items():
                 metrics.pipeline_stage_seconds.labels(stage).observe(value / 1000.0)
 
-        persona = self.resolve_persona(session.persona) if session.persona else None
+        persona = self.resolve_persona(session.persona, session.owner) if session.persona else None
         return build_processor(self.config.pipeline, session.mode, persona, on_cover=on_cover, on_timings=on_timings)
 
-    def resolve_persona(self, persona_id: str) -> Persona | None:
-        return None
+    def resolve_persona(self, persona_id: str, owner: str | None = None) -> Persona | None:
+        """The session's persona (a builtin, or one stored for ``owner``). None if it is gone:
+        the masker then gives the face an ephemeral persona, so it is still never shown."""
+        persona = self.personas.get(persona_id, owner)
+        if persona is None:
+            log.warning("persona %s not found; the face gets an ephemeral one", persona_id)
+        return persona
 
     @property
     def rtmp_port(self) -> int:
@@ -113,7 +131,9 @@ class Node:
             self.metrics.registry,
             max_targets=self.config.limits.max_targets,
             max_duration_s=self.config.limits.max_duration_s,
+            webrtc=self.webrtc,
         )
+        api.persona_store = self.personas
         app = create_app(api, self.config.http.max_body_bytes)
         self._runner = web.AppRunner(app, access_log_class=AccessLogger)
         await self._runner.setup()
@@ -121,11 +141,14 @@ class Node:
         await self._site.start()
         self.live.set_accepting(True)
         http_url = f"{self.config.public.http_scheme}://{self.config.public.host}:{self.http_port}"
+        api.urls = PublishUrls(self.rtmp_server_url(), http_url)  # the port is known now (it may have been 0)
         return StartupInfo(http_url, self.rtmp_server_url(), self.new_dev_key)
 
     async def stop(self) -> None:
         self.live.set_accepting(False)
         await self.rtmp.stop()
+        if self.webrtc is not None:
+            await self.webrtc.close_all()
         await self.live.stop_all()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -35,9 +35,11 @@ class LiveView(Protocol):
 
 @dataclass(frozen=True)
 class PublishUrls:
-    """Where OBS points: rtmp://<host>:<port>/<app> with the publish token as stream key."""
+    """Where OBS points: rtmp://<host>:<port>/<app> with the publish token as stream key,
+    or <http_base_url>/whip/<session> with it as bearer token; viewers use /whep/<session>."""
 
     rtmp_server_url: str
+    http_base_url: str = ""
 
 
 def json_error(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None) -> web.Response:
@@ -71,10 +73,21 @@ class AccessLogger(AbstractAccessLogger):
     """Method, path without query string, status, duration. No headers, no tokens."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        self.logger.info("%s %s %s %.1fms", request.method, _redact_path(request.path), response.status, time * 1000)
+
+
+def _redact_path(path: str) -> str:
+    """WHIP/WHEP resource URLs are capabilities (they allow PATCH and DELETE): keep them out of logs."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] in ("whip", "whep") and parts[3]:
+        return "/".join(parts[:3] + ["***"])
+    return path
 
 
 class Api:
+    persona_store: Any = None  # pipeline.persona_store.PersonaStore: set by the node to serve /v1/personas
+    persona_check: Callable[[str, dict], Awaitable[None]] | None = None  # set by signaling.personas_api
+
     def __init__(
         self,
         service: SessionService,
@@ -85,7 +98,9 @@ class Api:
         *,
         max_targets: int,
         max_duration_s: int,
+        webrtc: Any = None,  # signaling.whip.WebRtcPlane: WHIP/WHEP and play tokens when set
     ) -> None:
+        self.webrtc = webrtc
         self.service = service
         self.keys = keys
         self.urls = urls
@@ -127,6 +142,11 @@ class Api:
             body["rtmp"]["stream_key"] = token.token
             body["publish_token"] = {"token": token.token, "expires_at": token.claims.expires_at}
         body["live"] = self.live.stats(session.id) if session.state is SessionState.LIVE else None
+        if self.webrtc is not None:
+            body["whip"] = {"url": f"{self.urls.http_base_url}/whip/{session.id}"}
+            if token is not None:
+                body["whip"]["bearer_token"] = token.token
+            body["whep"] = {"url": f"{self.urls.http_base_url}/whep/{session.id}", "play_tokens": f"/v1/sessions/{session.id}/play-tokens"}
         return body
 
     # -- handlers -----------------------------------------------------------------
@@ -138,6 +158,8 @@ class Api:
             fields = parse_session_request(body, max_targets=self.max_targets, max_duration_s=self.max_duration_s)
         except ValidationError as exc:
             return json_error(400, "invalid_field", exc.message, field=exc.field)
+        if self.persona_check is not None:  # the persona must exist for this key (raises _Reply)
+            await self.persona_check(key.id, fields)
         try:
             created = await self.service.create(key.id, fields)
         except LimitReached as exc:
@@ -175,6 +197,8 @@ class Api:
             return json_error(409, "conflict", f"session is {session.state.value}; settings change only while idle")
         if fields.get("mode", session.mode) == "persona" and fields.get("persona", session.persona) is None:
             return json_error(400, "invalid_field", "is required when mode is persona", field="persona")
+        if self.persona_check is not None:
+            await self.persona_check(key.id, fields)
         session = await self.service.update(session, fields)
         return web.json_response(self._session_body(session))
 
@@ -237,4 +261,12 @@ def create_app(api: Api, max_body_bytes: int) -> web.Application:
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
+    if api.webrtc is not None:
+        from signaling.whip import WebRtcRoutes, add_webrtc_routes  # imports this module
+
+        add_webrtc_routes(app, WebRtcRoutes(api, api.webrtc, api.webrtc.settings))
+    if api.persona_store is not None:
+        from signaling.personas_api import add_persona_routes  # imports this module
+
+        add_persona_routes(app, api, api.persona_store)
     return app
