@@ -54,7 +54,8 @@ import numpy as np  # noqa: E402
 from bench import eval_lib as L  # noqa: E402
 
 DEFAULT_OUT = "bench/out/mask_eval.json"
-DEFAULT_SHEET = "docs/mask_contact_sheet.png"
+DEFAULT_SHEET = "bench/out/mask_contact_sheet.png"  # before | after: real faces, stays out of git
+DEFAULT_DOCS_SHEET = "docs/mask_contact_sheet.png"  # output only: no unmasked eval face enters the repository
 DEFAULT_MAX_FRAMES = 90
 QUICK_CLIPS = ("Twitch1.mp4", "lp_d12.mp4")
 QUICK_FRAMES = 30
@@ -739,6 +740,29 @@ def contact_sheet(samples: list[tuple[str, np.ndarray, np.ndarray, str]], width:
     return sheet
 
 
+def output_sheet(samples: list[tuple[str, np.ndarray, str]], width: int = 1600, title: str = "") -> np.ndarray:
+    """RGB grid of masked outputs only, four per row, each labelled with its clip and note.
+
+    The committed sheet shows what an audience would see; the inputs (real people from
+    ../shared/eval, which must not be copied into the repository) stay in bench/out.
+    """
+    per_row = 4
+    tile_w = width // per_row
+    tile_h = round(tile_w * 0.75)
+    bar = 26
+    head = 30 if title else 0
+    rows = max(1, -(-len(samples) // per_row))
+    sheet = np.full((head + rows * (tile_h + bar), width, 3), 16, np.uint8)
+    if title:
+        _label(sheet, title, 8, 21, 0.6)
+    for k, (name, after, note) in enumerate(samples):
+        r, c = divmod(k, per_row)
+        y, x = head + r * (tile_h + bar), c * tile_w
+        sheet[y + bar : y + bar + tile_h, x : x + tile_w] = _fit(after, tile_w, tile_h)
+        _label(sheet, f"{name} ({note})", x + 6, y + 18, 0.42)
+    return sheet
+
+
 def pick_sheet_clips(results: list[ClipResult], n: int) -> list[ClipResult]:
     with_sample = [r for r in results if r.sample is not None]
     rank = {name: i for i, name in enumerate(SHEET_PREFERENCE)}
@@ -866,6 +890,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="PipelineConfig override, e.g. --set detect_every=3 (repeatable)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT}; relative to the repository)")
     p.add_argument("--sheet", default=DEFAULT_SHEET, help=f"contact sheet PNG (default {DEFAULT_SHEET}; 'none' to skip)")
+    p.add_argument("--docs-sheet", default=DEFAULT_DOCS_SHEET, help=f"output-only sheet for the docs (default {DEFAULT_DOCS_SHEET}; 'none' to skip)")
     p.add_argument("--sheet-clips", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no per-clip progress lines")
     return p.parse_args(argv)
@@ -944,6 +969,15 @@ def main(argv: list[str] | None = None) -> int:
             sheet_path = _repo_path(args.sheet)
             sheet_path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    docs_sheet_path = None
+    if args.docs_sheet and args.docs_sheet.lower() != "none":
+        chosen = pick_sheet_clips(results, args.sheet_clips)
+        if chosen:
+            title = f"HikariEdge masked output, processor={args.processor} mode={args.mode} (eval clips; inputs not shown)"
+            sheet = output_sheet([(r.name, r.sample[1], r.sample[2]) for r in chosen], title=title)
+            docs_sheet_path = _repo_path(args.docs_sheet)
+            docs_sheet_path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(docs_sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
     import onnxruntime
 

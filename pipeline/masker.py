@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -22,6 +23,7 @@ import numpy as np
 
 from pipeline.backends import Backend, create_backend
 from pipeline.cover import cover, cover_i420, write_rgb_region
+from pipeline.geometry import NeutralShape
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
 from pipeline.persona import Persona
 from pipeline.tracking import FaceTracker, grow_box
@@ -51,6 +53,7 @@ class FaceMasker:
         on_cover: Callable[[str], None] | None = None,
         on_timings: Callable[[dict[str, float]], None] | None = None,
         seed: int | None = None,
+        neutralize: bool = True,
     ) -> None:
         if mode not in SWAP_MODES + COVER_MODES:
             raise ValueError(f"unknown masking mode {mode!r}")
@@ -59,7 +62,7 @@ class FaceMasker:
         self.mode = mode
         self.persona = persona
         self.backend = backend or create_backend(
-            detect_width=config.detect_width, segmentation=config.segmentation
+            detect_width=config.detect_width, segmentation=config.segmentation, score_threshold=config.detect_score
         )
         if swapper is None and mode in SWAP_MODES:
             from pipeline.swap import MeshSwapper
@@ -75,11 +78,17 @@ class FaceMasker:
         self.last_timings: dict[str, float] = {}
         self._seed = secrets.randbits(62) if seed is None else seed  # anonymize: per session, never stored
         self._personas: dict[int, Persona] = {}
+        self._painter = ThreadPoolExecutor(1, thread_name_prefix="persona-painter")
+        self._painting: dict[int, Future[Persona]] = {}
         self._detected_once = False
         self._holder: int | None = None
+        self._shapes: dict[int, NeutralShape] = {}
+        self.neutralize = neutralize
         self._last_output: tuple[np.ndarray, float] | None = None
         if mode in SWAP_MODES:
-            self._ephemeral(0)  # render up front: the first frame should not pay for it
+            self._ephemeral(0, wait=True)  # the first face should not wait for its persona
+            for slot in (1, 2):
+                self._ephemeral(slot)  # and the next ones are painted in the background
         self._warm_up()
         self._runner: DeadlineRunner[av.VideoFrame] | None = None
         if config.deadline_ms and config.deadline_ms > 0:
@@ -113,6 +122,7 @@ class FaceMasker:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
+        self._painter.shutdown(wait=False, cancel_futures=True)
         self._personas.clear()
 
     # -- the pipeline -----------------------------------------------------------------
@@ -122,11 +132,27 @@ class FaceMasker:
         if self.on_cover is not None:
             self.on_cover(reason)
 
-    def _ephemeral(self, slot: int) -> Persona:
-        if slot not in self._personas:
-            from pipeline.procedural import ephemeral_persona
+    def _ephemeral_seed(self, slot: int) -> int:
+        return (self._seed + slot * 7919) % (2**63)
 
-            self._personas[slot] = ephemeral_persona((self._seed + slot * 7919) % (2**63))
+    def _ephemeral(self, slot: int, wait: bool = False) -> Persona | None:
+        """The session's throwaway persona for a face slot; None while it is still being painted.
+
+        Painting takes 15-50 ms, too long for the frame in which a new face appears: it runs
+        on a helper thread and the face is covered meanwhile (``persona_pending``).
+        """
+        if slot in self._personas:
+            return self._personas[slot]
+        from pipeline.procedural import ephemeral_persona
+
+        future = self._painting.get(slot)
+        if future is None:
+            future = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot))
+            self._painting[slot] = future
+        if not wait and not future.done():
+            return None
+        self._personas[slot] = future.result()
+        del self._painting[slot]
         return self._personas[slot]
 
     def _persona_holder(self) -> int | None:
@@ -179,6 +205,8 @@ class FaceMasker:
             tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
         tracker.dedupe()
         tracker.expire(now)
+        live_ids = {tr.id for tr in tracker.tracks}
+        self._shapes = {k: v for k, v in self._shapes.items() if k in live_ids}
         timings["landmarks"] = time.perf_counter() - t
 
         uncovered_heads: list[np.ndarray] = []
@@ -225,6 +253,12 @@ class FaceMasker:
             patch = rgb[y0:y1, x0:x1].copy()
             points = track.landmarks[:, :2] - np.array([x0, y0], np.float32)
             persona = self.persona if track.id == holder and self.persona is not None else self._ephemeral(track.slot)
+            if persona is None:
+                cover_box(grow_box(track.box, 0.2, (h, w)), "persona_pending")
+                continue
+            if self.neutralize:
+                shape = self._shapes.setdefault(track.id, NeutralShape())
+                points = shape.target(track.landmarks, persona.landmarks, now) - np.array([x0, y0], np.float32)
             self.swapper.swap(patch, points, persona)
             rgb[y0:y1, x0:x1] = patch
         timings["swap"] = time.perf_counter() - t

@@ -143,7 +143,8 @@ def test_blur_standin_leaks_nothing(eval_dir: Path, tools: M.Tools) -> None:
 def test_cli_report_and_contact_sheet(eval_dir: Path, tmp_path: Path) -> None:
     out, sheet = tmp_path / "r.json", tmp_path / "sheet.png"
     rc = M.main(["--processor", "identity-standin", "--clips", "lp_d0,Twitch1", "--max-frames", "4", "--no-images",
-                 "--no-720p", "--out", str(out), "--sheet", str(sheet), "--quiet", "--eval-dir", str(eval_dir)])
+                 "--no-720p", "--out", str(out), "--sheet", str(sheet), "--docs-sheet", str(tmp_path / "docs.png"),
+                 "--quiet", "--eval-dir", str(eval_dir)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["schema"] == M.SCHEMA
@@ -152,6 +153,7 @@ def test_cli_report_and_contact_sheet(eval_dir: Path, tmp_path: Path) -> None:
     assert report["videos"]["overall"]["leak_rate"] == 1.0
     img = cv2.imread(str(sheet))
     assert img is not None and img.shape[1] == 1600
+    assert cv2.imread(str(tmp_path / "docs.png")).shape[1] == 1600  # output-only sheet for the docs
 
 
 # --------------------------------------------------------------------------- the real masker
@@ -164,7 +166,7 @@ def test_real_masker_quick(eval_dir: Path, tmp_path: Path) -> None:
     except ImportError as exc:
         pytest.skip(f"the real masker is not importable yet: {exc}")
     out = tmp_path / "r.json"
-    rc = M.main(["--quick", "--out", str(out), "--sheet", str(tmp_path / "s.png"), "--quiet", "--eval-dir", str(eval_dir)])
+    rc = M.main(["--quick", "--out", str(out), "--sheet", str(tmp_path / "s.png"), "--docs-sheet", "none", "--quiet", "--eval-dir", str(eval_dir)])
     assert rc == 0
     report = json.loads(out.read_text())
     overall = report["videos"]["overall"]
