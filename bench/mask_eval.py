@@ -4,7 +4,7 @@ Runs a FrameProcessor (the real masker by default, or a stand-in) over the evalu
 clips and photos, and measures, against referees that are not the pipeline's own code:
 
 1. speed: per-stage ms (``processor.last_timings``) and wall ms around ``process()``,
-   p50/p95, at each clip's own size and with the same frames resized to 1280x720;
+   p50/p95, at each clip's own size and with the same frames fitted into 1280x720 (aspect kept);
 2. detection recall of the pipeline's detector on the hand-boxed dlib photos (IoU >= 0.5),
    and whether the masked photos leave any annotated face unmasked;
 3. unmasked faces on the clips: an independent full-resolution YuNet pass on the INPUT
@@ -382,8 +382,26 @@ class Pacer:
         self.last = time.perf_counter()
 
 
+def fit_frame(frame: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:
+    """The frame scaled to fit ``size`` (w, h) keeping its aspect ratio, centred on black.
+
+    Stretching a 512x512 talking head to 1280x720 would make a 2.5x wide face, nothing like
+    a 720p stream; fitting keeps faces the shape (and about the size) they have in one.
+    """
+    w, h = size
+    s = min(w / frame.width, h / frame.height)
+    nw, nh = max(2, round(frame.width * s) // 2 * 2), max(2, round(frame.height * s) // 2 * 2)
+    rgb = frame.reformat(width=nw, height=nh, format="rgb24").to_ndarray()
+    canvas = np.zeros((h, w, 3), np.uint8)
+    y, x = (h - nh) // 2 // 2 * 2, (w - nw) // 2 // 2 * 2
+    canvas[y : y + nh, x : x + nw] = rgb
+    out = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(format="yuv420p")
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
+
+
 def iter_frames(path: Path, max_frames: int | None, size: tuple[int, int] | None = None) -> Iterator[av.VideoFrame]:
-    """Decoded frames as the runtime hands them over (yuv420p), optionally resized to ``size`` (w, h)."""
+    """Decoded frames as the runtime hands them over (yuv420p), optionally fitted into ``size`` (w, h)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -392,7 +410,7 @@ def iter_frames(path: Path, max_frames: int | None, size: tuple[int, int] | None
             if max_frames is not None and n >= max_frames:
                 break
             if size is not None:
-                frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+                frame = fit_frame(frame, size)
             elif frame.format.name != "yuv420p":
                 frame = frame.reformat(format="yuv420p")
             n += 1
