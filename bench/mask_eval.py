@@ -734,28 +734,33 @@ def _label(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.5) -> No
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 1, cv2.LINE_AA)
 
 
-def contact_sheet(samples: list[tuple[str, np.ndarray, np.ndarray, str]], width: int = 1600, title: str = "") -> np.ndarray:
-    """RGB grid, two before|after pairs per row, each pair labelled with its clip and note."""
-    pairs_per_row = 2
-    tile_w = width // (pairs_per_row * 2)
+def _sheet(groups: list[tuple[str, list[np.ndarray]]], per_row: int, width: int, title: str) -> np.ndarray:
+    """RGB grid: ``per_row`` labelled groups of equal tiles per row."""
+    n = max(len(images) for _, images in groups) if groups else 1
+    tile_w = width // (per_row * n)
     tile_h = round(tile_w * 0.75)
     bar = 26
     head = 30 if title else 0
-    rows = max(1, -(-len(samples) // pairs_per_row))
+    rows = max(1, -(-len(groups) // per_row))
     sheet = np.full((head + rows * (tile_h + bar), width, 3), 16, np.uint8)
     if title:
         _label(sheet, title, 8, 21, 0.6)
-    for k, (name, before, after, note) in enumerate(samples):
-        r, c = divmod(k, pairs_per_row)
-        y = head + r * (tile_h + bar)
-        x = c * 2 * tile_w
-        sheet[y + bar : y + bar + tile_h, x : x + tile_w] = _fit(before, tile_w, tile_h)
-        sheet[y + bar : y + bar + tile_h, x + tile_w : x + 2 * tile_w] = _fit(after, tile_w, tile_h)
-        cv2.line(sheet, (x + tile_w, y + bar), (x + tile_w, y + bar + tile_h), (200, 200, 200), 1)
+    for k, (label, images) in enumerate(groups):
+        r, c = divmod(k, per_row)
+        y, x = head + r * (tile_h + bar), c * n * tile_w
+        for i, img in enumerate(images):
+            sheet[y + bar : y + bar + tile_h, x + i * tile_w : x + (i + 1) * tile_w] = _fit(img, tile_w, tile_h)
+            if i:
+                cv2.line(sheet, (x + i * tile_w, y + bar), (x + i * tile_w, y + bar + tile_h), (200, 200, 200), 1)
         if c:
             cv2.line(sheet, (x, y), (x, y + bar + tile_h), (90, 90, 90), 2)
-        _label(sheet, f"{name}: before | after   ({note})", x + 6, y + 18, 0.45)
+        _label(sheet, label, x + 6, y + 18, 0.45 if n > 1 else 0.42)
     return sheet
+
+
+def contact_sheet(samples: list[tuple[str, np.ndarray, np.ndarray, str]], width: int = 1600, title: str = "") -> np.ndarray:
+    """RGB grid, two before|after pairs per row, each pair labelled with its clip and note."""
+    return _sheet([(f"{name}: before | after   ({note})", [before, after]) for name, before, after, note in samples], 2, width, title)
 
 
 def output_sheet(samples: list[tuple[str, np.ndarray, str]], width: int = 1600, title: str = "") -> np.ndarray:
@@ -764,21 +769,7 @@ def output_sheet(samples: list[tuple[str, np.ndarray, str]], width: int = 1600, 
     The committed sheet shows what an audience would see; the inputs (real people from
     ../shared/eval, which must not be copied into the repository) stay in bench/out.
     """
-    per_row = 4
-    tile_w = width // per_row
-    tile_h = round(tile_w * 0.75)
-    bar = 26
-    head = 30 if title else 0
-    rows = max(1, -(-len(samples) // per_row))
-    sheet = np.full((head + rows * (tile_h + bar), width, 3), 16, np.uint8)
-    if title:
-        _label(sheet, title, 8, 21, 0.6)
-    for k, (name, after, note) in enumerate(samples):
-        r, c = divmod(k, per_row)
-        y, x = head + r * (tile_h + bar), c * tile_w
-        sheet[y + bar : y + bar + tile_h, x : x + tile_w] = _fit(after, tile_w, tile_h)
-        _label(sheet, f"{name} ({note})", x + 6, y + 18, 0.42)
-    return sheet
+    return _sheet([(f"{name} ({note})", [after]) for name, after, note in samples], 4, width, title)
 
 
 def pick_sheet_clips(results: list[ClipResult], n: int) -> list[ClipResult]:
