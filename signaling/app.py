@@ -269,4 +269,7 @@ def create_app(api: Api, max_body_bytes: int) -> web.Application:
         from signaling.personas_api import add_persona_routes  # imports this module
 
         add_persona_routes(app, api, api.persona_store)
+    from signaling.web import add_web_routes  # the studio page and the embeddable player
+
+    add_web_routes(app)
     return app
