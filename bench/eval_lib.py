@@ -32,6 +32,19 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_DIR = REPO_ROOT.parent / "shared" / "eval"
 
+
+def default_eval_dir() -> Path:
+    """``$HIKARIEDGE_EVAL_DIR``, else the nearest ``shared/eval`` beside the checkout or one of
+    its parents (a CI checkout may sit a level deeper than the development one)."""
+    env = os.environ.get("HIKARIEDGE_EVAL_DIR")
+    if env:
+        return Path(env)
+    for parent in REPO_ROOT.parents:
+        candidate = parent / "shared" / "eval"
+        if candidate.is_dir():
+            return candidate
+    return DEFAULT_EVAL_DIR
+
 YUNET_FILE = "models/face_detection_yunet_2023mar.onnx"
 RECOGNIZER_FILE = "models/mobilefacenet_foamliu_vface.onnx"
 DLIB_DIR = "images/dlib_faces"
@@ -68,12 +81,12 @@ class EvalMediaMissing(FileNotFoundError):
 
 
 def resolve_eval_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The evaluation media folder: ``path``, else ``$HIKARIEDGE_EVAL_DIR``, else ``<repo>/../shared/eval``.
+    """The evaluation media folder: ``path``, else :func:`default_eval_dir`.
 
     Raises :class:`EvalMediaMissing` with a readable message when it is not there.
     """
     if path is None:
-        path = os.environ.get("HIKARIEDGE_EVAL_DIR") or DEFAULT_EVAL_DIR
+        path = default_eval_dir()
     p = Path(path).resolve()
     if not p.is_dir() or not (p / YUNET_FILE).is_file() or not (p / RECOGNIZER_FILE).is_file():
         raise EvalMediaMissing(

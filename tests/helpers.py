@@ -135,7 +135,10 @@ def analyse_flv(path: Path) -> Received:
 
 
 def have_shared_eval() -> Path | None:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
+    """The real-face evaluation media (``../shared/eval``, see bench.eval_lib.default_eval_dir), or None."""
+    from bench.eval_lib import default_eval_dir
+
+    path = default_eval_dir()
     return path if path.is_dir() else None
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import have_shared_eval
+
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pipeline runtime dependency)")
 
 from pipeline import onnx_models  # noqa: E402
@@ -30,7 +32,7 @@ from pipeline.onnx_models import (  # noqa: E402
 from tests.pipeline.fixtures import fixture_inputs as fi  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-EVAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "eval"
+EVAL_DIR = have_shared_eval() or Path(__file__).resolve().parents[2].parent / "shared" / "eval"
 META = json.loads((FIXTURES / "reference_meta.json").read_text())
 CASES = META["cases"]
 CASE_IDS = [c["id"] for c in CASES]
