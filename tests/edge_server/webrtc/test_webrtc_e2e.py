@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import aiohttp
 import av
+import numpy as np
 import pytest
 import pytest_asyncio
 from aiortc.contrib.media import MediaPlayer
@@ -189,9 +190,48 @@ async def test_browser_like_vp8_publish_is_watched(rtc_node: Node, clip_small: P
         await viewer.close()
 
 
+LEAK_COSINE = 0.35  # shared/eval/README: same person 0.57-0.74, strangers ~0.0
+
+
 def check_masked(frames: list[av.VideoFrame], clip: Path) -> None:
-    """Hook for the masking pipeline's leak check (the eval recognizer must not match the
-    source's face in what viewers get). The relay passes as long as frames arrive."""
+    """No frame a viewer gets shows the publisher's identity (the eval MobileFaceNet).
+
+    The reference is the publisher's face from the clip itself. Every 5th received frame is
+    checked twice: at the place the face has in the source (lp_s18's speaker barely moves),
+    and at every face an independent YuNet finds in the received frame (the persona).
+    """
+    from bench.eval_lib import IndependentYuNet, Recognizer, align_face, alignment_matrix, cosine
+
+    eval_dir = have_shared_eval()
+    assert eval_dir is not None
+    detector, recognizer = IndependentYuNet(eval_dir), Recognizer(eval_dir)
+    refs, place = [], None
+    with av.open(str(clip)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            rgb = f.to_ndarray(format="rgb24")
+            faces = detector.detect(rgb)
+            if faces:
+                place = place if place is not None else (alignment_matrix(faces[0].kps), rgb.shape[:2])
+                refs.append(align_face(rgb, matrix=alignment_matrix(faces[0].kps)))
+            if i >= 30:
+                break
+    assert refs and place is not None, "the source clip must show a face"
+    emb = recognizer.embed(np.stack(refs))
+    reference = emb.mean(axis=0)
+    assert min(cosine(e, reference) for e in emb) > 0.5, "the recognizer must know the publisher (the check can fail)"
+    checked = with_face = 0
+    for frame in frames[::5]:
+        rgb = frame.to_ndarray(format="rgb24")
+        if rgb.shape[:2] != place[1]:
+            continue
+        crops = [align_face(rgb, matrix=place[0])] + [align_face(rgb, matrix=alignment_matrix(f.kps)) for f in detector.detect(rgb)]
+        with_face += len(crops) > 1
+        for k, e in enumerate(recognizer.embed(np.stack(crops))):
+            c = cosine(e, reference)
+            assert c < LEAK_COSINE, f"a viewer saw the publisher's identity (cosine {c:.2f}, {'source place' if k == 0 else 'found face'})"
+        checked += 1
+    assert checked >= 10, f"only {checked} received frames at the source size"
+    assert with_face >= checked // 2, "the persona should look like a face to a detector in most frames"
 
 
 async def test_real_face_clip_over_whip_reaches_a_viewer(tmp_path: Path) -> None:
