@@ -67,6 +67,7 @@ def _banner(info: StartupInfo) -> str:
         [
             "HikariEdge is running.",
             f"  HTTP API:   {info.http_url}   (health: /healthz, metrics: /metrics)",
+            f"  Studio:     {info.http_url}/   (publish from the browser, watch the masked result)",
             f"  OBS server: {info.rtmp_server_url}",
             key_line,
             "  Create a session for a stream key:",
