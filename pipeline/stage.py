@@ -22,7 +22,7 @@ class FrameProcessor(Protocol):
 
 
 class IdentityProcessor:
-    """Passes frames through untouched: the relay path before masking is switched on."""
+    """Passes frames through untouched (`pipeline.processor: identity`: relay only, faces NOT masked)."""
 
     name = "identity"
 
@@ -32,8 +32,3 @@ class IdentityProcessor:
     def close(self) -> None:
         pass
 
-
-def create_processor(name: str, **options: object) -> FrameProcessor:
-    if name == "identity":
-        return IdentityProcessor()
-    raise ValueError(f"unknown frame processor {name!r}")
