@@ -3,8 +3,8 @@ expressions still drive it.
 
 Warping a persona straight onto the live landmarks copies the creator's facial geometry
 (eye spacing, nose length, mouth width) into the output, and a face recognizer reads
-identity from geometry: on Obama_speaking the swapped face scored cosine 0.36 with the
-original while a flat fill of the same oval scored 0.06. So each face's *neutral* shape
+identity from geometry (in a development check on Obama_speaking, the swapped face scored
+far closer to the original than a flat fill of the same oval did). So each face's *neutral* shape
 is learnt as a slow running mean (in a pose-normalised frame) and the persona is driven
 by the live shape's deviation from it: out = live + alpha * w * (persona - neutral),
 mapped back into the frame. ``w`` is 0 on the face oval (the swapped region still covers
