@@ -38,7 +38,17 @@ MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too fa
 
 
 def head_regions(mask: PersonMask) -> list[np.ndarray]:
-    """Head boxes (frame px) of each person blob: the top of the blob, about as tall as half its width."""
+    """Head boxes (frame px) of each person blob: the top of the blob, about as tall as half its width.
+
+    Computed once per mask (kept in ``mask.extra``): the masker reuses a mask over frames.
+    """
+    cached = mask.extra.get("heads")
+    if cached is None:
+        cached = mask.extra["heads"] = _head_regions(mask)
+    return cached
+
+
+def _head_regions(mask: PersonMask) -> list[np.ndarray]:
     prob = mask.prob
     mh, mw = prob.shape
     fh, fw = mask.frame_hw

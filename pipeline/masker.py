@@ -216,8 +216,11 @@ class FaceMasker:
         if self.backend.segmenter is not None:
             t = time.perf_counter()
             last = self._last_mask
-            if detected and last is not None and last[1] == self.frames - 1 and last[0].frame_hw == (h, w):
-                mask = last[0]  # the detector's frame reuses the previous frame's mask: keeps p95 down
+            # The person mask changes slowly: it is reused for segment_every - 1 frames, and
+            # the detector's frame always reuses the previous frame's (keeps p95 down).
+            age = self.frames - last[1] if last is not None else None
+            if age is not None and last[0].frame_hw == (h, w) and (age < cfg.segment_every or (detected and age == 1)):
+                mask = last[0]
             else:
                 sh, sw = self.backend.segmenter.input_hw
                 small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_LINEAR)  # AREA costs 1 ms here

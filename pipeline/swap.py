@@ -37,10 +37,12 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from pipeline.geometry import inner_weights
 from pipeline.persona import Persona, canonical_vertices, face_mesh_topology
 
 GRID_FACE_PX = 64.0  # the face oval spans about this many grid cells (finer for small faces)
 RING_SCALE = 1.25  # outer ring of the warp, about the oval's centroid (feeds the feather band)
+GROW = 1.15  # the persona's face oval is drawn this much bigger than the live one (see grown_outline)
 FEATHER = 0.04  # feather ramp width outside the oval, relative to the face size
 REFINE_EYE_CELLS = 2.0  # an eye open less than this many grid cells is warped at full resolution
 FILL_PASSES = 2  # grid cells left uncovered are filled from their neighbours this many times
@@ -167,6 +169,21 @@ def _topology() -> _Topology:
         upper_inner=np.asarray(upper, np.int64),
         lower_inner=np.asarray(lower, np.int64),
     )
+
+
+def grown_outline(points: np.ndarray, grow: float) -> np.ndarray:
+    """The live points with the face outline pushed out from its centroid by ``grow``.
+
+    Inner features stay where they are (the push fades to nothing a short way inside the
+    outline, ``geometry.inner_weights``), so the persona's face covers the creator's jaw,
+    cheek contour and hairline as well: an outline left live in the hair framing the face
+    is what a recognizer still matched after the swap (lp_s32, crowd_1080p).
+    """
+    if grow == 1.0:
+        return points
+    c = points[_topology().oval].mean(axis=0)
+    push = (grow - 1.0) * (1.0 - inner_weights()).astype(np.float64)
+    return points + (points - c) * push[:, None]
 
 
 def _with_ring(points: np.ndarray, oval: np.ndarray) -> np.ndarray:
@@ -409,8 +426,9 @@ def _precompute(persona: Persona) -> _PersonaData:
 class MeshSwapper:
     """``SwapStage``: piecewise-affine persona warp, colour match, feather blend (see module doc)."""
 
-    def __init__(self, *, color_match: bool = True, grid_face_px: float = GRID_FACE_PX) -> None:
+    def __init__(self, *, color_match: bool = True, grid_face_px: float = GRID_FACE_PX, grow: float = GROW) -> None:
         self.color_match = color_match
+        self.grow = float(grow)
         self.grid_face_px = float(grid_face_px)
         self._cache: OrderedDict[tuple[str, int], _PersonaData] = OrderedDict()
         self._last_alpha: tuple | None = None
@@ -452,6 +470,8 @@ class MeshSwapper:
         topo = _topology()
         data = self._persona_data(persona)
         H, W = region.shape[:2]
+        live_pts = pts
+        pts = grown_outline(pts, self.grow)
 
         oval = pts[topo.oval]
         face = float(np.ptp(oval, axis=0).max())
@@ -501,14 +521,15 @@ class MeshSwapper:
         local = pts - (x0, y0)
 
         # -- open mouth: synthetic interior in the inner-lip hole (full resolution)
-        oval_area = max(_area(oval), 1.0)
+        oval_area = max(_area(live_pts[topo.oval]), 1.0)
         openness = _area(pts[topo.inner_lips]) / oval_area
         self.last_openness = openness
         _paint_mouth(warped, local, topo, openness, data.lip_colour)
 
         # -- colour match (statistics on the grid)
         if self.color_match:
-            gmask = _face_mask((gh, gw), dst[:468], topo, eye_pad=max(1.0, 0.03 * face / step))
+            glive = np.stack([(live_pts[:, 0] - x0 + 0.5) / sx - 0.5, (live_pts[:, 1] - y0 + 0.5) / sy - 0.5], axis=1)
+            gmask = _face_mask((gh, gw), glive, topo, eye_pad=max(1.0, 0.03 * face / step))
             if cv2.countNonZero(gmask) >= MIN_STAT_SAMPLES:
                 small = cv2.resize(np.ascontiguousarray(live), (gw, gh), interpolation=cv2.INTER_NEAREST)
                 mean, std = cv2.meanStdDev(cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb), mask=gmask)
@@ -523,6 +544,8 @@ class MeshSwapper:
         alpha = cv2.resize(galpha, (rw, rh), interpolation=cv2.INTER_LINEAR)
         inside = np.zeros((rh, rw), np.float32)
         cv2.fillPoly(inside, [_fixed(local[topo.oval])], 1.0, cv2.LINE_8, 4)
+        if live_pts is not pts:  # the live oval stays opaque even where a wild mesh folds the grown one
+            cv2.fillPoly(inside, [_fixed(live_pts[topo.oval] - (x0, y0))], 1.0, cv2.LINE_8, 4)
         alpha = cv2.max(alpha, inside)
         out = cv2.blendLinear(warped, np.ascontiguousarray(live), alpha, 1.0 - alpha)
         region[y0:y1, x0:x1] = out

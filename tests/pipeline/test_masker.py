@@ -167,6 +167,19 @@ def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_
         masker.close()
 
 
+@pytest.mark.parametrize("every, expected", [(1, 17), (2, 10)])
+def test_segmenter_runs_every_n_frames(backend, face_frames, face_boxes, every, expected):
+    calls = _Wrap(backend.segmenter, lambda f, *a: f(*a), calls=set())
+    masker, _ = _masker(backend, segmenter=calls, detect_every=5, segment_every=every)
+    try:
+        _run(masker, face_frames[:20], face_boxes[:20], f"segment_every={every}")
+        # every=1: all but the detector's frames 5, 10, 15 (they reuse the previous frame's mask);
+        # every=2: frames 0, 2, 4, ..., 18 (frame 10's mask would be two frames old: made anew)
+        assert calls.n == expected
+    finally:
+        masker.close()
+
+
 def test_detector_misses_after_first_frame_keep_the_face_masked(backend, face_frames, face_boxes):
     blind = _Wrap(backend.detector, lambda f, *a: [], calls=set(range(1, 1000)))
     masker, _ = _masker(backend, detector=blind, detect_every=2)
@@ -222,7 +235,7 @@ def test_a_slow_stage_misses_the_deadline_and_the_frame_is_covered(backend, face
         return f(*a)
 
     slow = _Wrap(backend.segmenter, stall, calls={4})
-    masker, seen = _masker(backend, segmenter=slow, deadline_ms=150)
+    masker, seen = _masker(backend, segmenter=slow, deadline_ms=150, segment_every=1)
     try:
         for i, (f, box) in enumerate(zip(face_frames[:10], face_boxes[:10])):
             t = time.perf_counter()

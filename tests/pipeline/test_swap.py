@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.persona import Persona, canonical_layout, face_mesh_topology
 from pipeline.procedural import builtin_persona, render_procedural
-from pipeline.swap import MeshSwapper, _strip, rasterize_affine
+from pipeline.swap import MeshSwapper, _strip, grown_outline, rasterize_affine
 
 TOPO = face_mesh_topology()
 LAYOUT = canonical_layout(512).astype(np.float64)
@@ -140,6 +140,38 @@ def test_nothing_live_inside_the_oval(persona: Persona, color_match: bool) -> No
         if not color_match:
             # no live statistics used: the face is the same whatever the live pixels were
             assert (outs[0] == outs[1]).all()
+
+
+def test_grown_outline_moves_only_the_outline() -> None:
+    pts = LAYOUT[:, :2]
+    grown = grown_outline(pts, 1.15)
+    oval = pts[TOPO.face_oval]
+    c = oval.mean(axis=0)
+    assert np.allclose(grown[TOPO.face_oval] - c, (oval - c) * 1.15)
+    inner = [1, 4, 13, 14, *TOPO.left_eye, *TOPO.right_eye, *TOPO.lips_outer]
+    assert np.allclose(grown[inner], pts[inner])  # eyes, nose and mouth stay where the live face has them
+    assert grown_outline(pts, 1.0) is pts
+
+
+@pytest.mark.parametrize("grow", [1.0, 1.15])
+def test_the_persona_covers_the_live_outline_too(persona: Persona, grow: float) -> None:
+    pts, _ = similarity(persona, 0.6, 5.0, (200, 210))
+    live = noise((400, 400), 3)
+    out = live.copy()
+    swapper = MeshSwapper(grow=grow)
+    swapper.swap(out, pts, persona)
+    alpha = swapper.last_alpha
+    oval = pts[TOPO.face_oval].astype(np.float64)
+    c = oval.mean(axis=0)
+    # a band just outside the live oval (jaw line, cheek contour, hairline)
+    band = poly_mask(out.shape[:2], c + (oval - c) * 1.1) & ~poly_mask(out.shape[:2], oval, dilate=2)
+    assert band.sum() > 500
+    if grow == 1.0:
+        assert (alpha[band] < 0.98).mean() > 0.3  # only the feather reaches into it
+    else:
+        assert alpha[band].min() >= 0.98
+        a, b = out[band].astype(np.float64).ravel(), live[band].astype(np.float64).ravel()
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
 
 
 def test_mouth_hole_never_shows_live_pixels(persona: Persona) -> None:
