@@ -64,6 +64,18 @@ WARMUP_FRAMES = 1  # left out of the timing statistics (lazy model loading, firs
 IMAGE_PROCESSED = 2  # each photo is offered as a still stream until the masker has really run on it this often
 IMAGE_MAX_OFFERS = 8
 IMAGE_CATCH_UP_S = 2.0  # after a fallback, wait (at most this long) for the late frame to finish before the next offer
+
+
+def _feature_points() -> np.ndarray:
+    """Face-mesh indices of the eyes, brows and lips: the points an expression moves."""
+    from pipeline.persona import face_mesh_topology
+
+    t = face_mesh_topology()
+    loops = (t.left_eye, t.right_eye, t.left_eyebrow, t.right_eyebrow, t.lips_outer, t.lips_inner)
+    return np.unique(np.concatenate([np.asarray(x, np.int64) for x in loops]))
+
+
+_FEATURES = _feature_points()
 # frame-level fallbacks of pipeline.masker.FaceMasker (events it counts when it did not mask the frame itself)
 FALLBACK_EVENTS = ("deadline", "error", "no_detection_yet")
 IMAGE_TIME_BASE = Fraction(1, 30)
@@ -103,6 +115,10 @@ DEFINITIONS = {
         "(image px) / inter-ocular distance (between the input detection's two eye keypoints); computed where both "
         f"crops' presence >= {L.LANDMARK_PRESENCE}; 'output_face_lost' counts faces whose input crop passes and whose "
         "output crop does not (the face mesh no longer finds a face there: covered, blurred, or a broken swap)"
+    ),
+    "expression_error_features": (
+        "the same over the eyes, brows and lips only (their mesh loops): what expression moves. The all-point figure "
+        "also counts the face outline, which the swap draws deliberately bigger than the live one (pipeline.swap.GROW)"
     ),
     "flicker_ratio": (
         "per face and consecutive frame pair: mean |out_t - out_t-1| / mean |in_t - in_t-1| inside the input face box "
@@ -248,6 +264,7 @@ class FaceResult:
     self_blur_cosine: float  # input vs its own blurred version (identifiability gate)
     box_diff: float
     expression_error: float | None
+    feature_error: float | None  # the same over the eyes, brows and lips only
     input_presence: float
     output_presence: float
 
@@ -288,18 +305,20 @@ def judge_faces(in_rgb: np.ndarray, out_rgb: np.ndarray, faces: list[L.Face], to
     results = []
     for i, f in enumerate(faces):
         diff = L.box_mean_abs_diff(in_rgb, out_rgb, f.box)
-        err, pin, pout = None, float("nan"), float("nan")
+        err = ferr = None
+        pin, pout = float("nan"), float("nan")
         if expression:
             m = L.landmark_crop_matrix(f)
             p_in, pin = L.crop_landmarks(tools.landmarks, in_rgb, m)
             p_out, pout = L.crop_landmarks(tools.landmarks, out_rgb, m)
             if pin >= L.LANDMARK_PRESENCE and pout >= L.LANDMARK_PRESENCE:
                 err = L.normalised_point_error(p_out, p_in, f.inter_ocular)
+                ferr = L.normalised_point_error(p_out[_FEATURES], p_in[_FEATURES], f.inter_ocular)
         results.append(
             FaceResult(
                 box=[round(float(v), 1) for v in f.box], size=round(f.size, 1), score=round(f.score, 3),
                 cosine=float(cos[i]), self_blur_cosine=float(self_blur[i]), box_diff=diff,
-                expression_error=err, input_presence=pin, output_presence=pout,
+                expression_error=err, feature_error=ferr, input_presence=pin, output_presence=pout,
             )
         )
     return results
@@ -522,6 +541,7 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
         "cosine": L.percentiles([f.cosine for f in ident]),
         "leak_faces_ungated": sum(f.cosine >= L.LEAK_COSINE for f in faces),
         "cosine_ungated": L.percentiles([f.cosine for f in faces]),
+        "expression_error_features": L.percentiles([f.feature_error for f in faces if f.feature_error is not None]),
         "expression_error": {
             **L.percentiles(expr),
             "output_face_lost": sum(
@@ -874,6 +894,7 @@ def print_summary(report: dict[str, Any]) -> None:
           f"(ungated leaks {o['leak_faces_ungated']}); cosine p50/p95/max "
           f"{_fmt(o['cosine']['p50'])}/{_fmt(o['cosine']['p95'])}/{_fmt(o['cosine']['max'])}; expression error mean/p95 "
           f"{_fmt(o['expression_error']['mean'], '.3f')}/{_fmt(o['expression_error']['p95'], '.3f')} "
+          f"(eyes, brows, lips {_fmt(o['expression_error_features']['mean'], '.3f')}/{_fmt(o['expression_error_features']['p95'], '.3f')}) "
           f"(output face lost {o['expression_error']['output_face_lost']}); flicker ratio p50 {_fmt(o['flicker_ratio']['p50'])}")
     if o.get("processor_events") or o.get("errors"):
         print(f"processor events: {o.get('processor_events') or {}}; bench-side errors: {o.get('errors') or {}}")

@@ -126,6 +126,7 @@ def test_identity_standin_leaks_everything(eval_dir: Path, tools: M.Tools) -> No
     assert s["leak_rate"] == 1.0 and s["unmasked_frame_share"] == 1.0
     assert s["cosine"]["p50"] > 0.99
     assert s["expression_error"]["max"] == pytest.approx(0.0, abs=1e-6)
+    assert s["expression_error_features"]["n"] == 8 and s["expression_error_features"]["max"] == pytest.approx(0.0, abs=1e-6)
     assert s["flicker_ratio"]["p50"] == pytest.approx(1.0)
 
 
