@@ -82,6 +82,7 @@ class PipelineConfig:
     detect_every: int = 5  # run the face detector every N frames (and whenever tracking is lost)
     detect_width: int = 640  # the detector sees the frame scaled to this width (at most halved)
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
+    face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
     deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one

@@ -68,7 +68,9 @@ class FaceMasker:
         if swapper is None and mode in SWAP_MODES:
             from pipeline.swap import MeshSwapper
 
-            swapper = MeshSwapper()
+            if not 1.0 <= config.face_grow <= 1.5:
+                raise ValueError(f"pipeline.face_grow must be in 1.0..1.5, got {config.face_grow!r}")
+            swapper = MeshSwapper(grow=config.face_grow)
         self.swapper = swapper
         self.on_cover = on_cover
         self.on_timings = on_timings

@@ -42,7 +42,7 @@ from pipeline.persona import Persona, canonical_vertices, face_mesh_topology
 
 GRID_FACE_PX = 64.0  # the face oval spans about this many grid cells (finer for small faces)
 RING_SCALE = 1.25  # outer ring of the warp, about the oval's centroid (feeds the feather band)
-GROW = 1.15  # the persona's face oval is drawn this much bigger than the live one (see grown_outline)
+GROW = 1.15  # default: the persona face oval drawn this much bigger than the live one (pipeline.face_grow)
 FEATHER = 0.04  # feather ramp width outside the oval, relative to the face size
 REFINE_EYE_CELLS = 2.0  # an eye open less than this many grid cells is warped at full resolution
 FILL_PASSES = 2  # grid cells left uncovered are filled from their neighbours this many times

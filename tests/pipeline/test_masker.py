@@ -167,6 +167,12 @@ def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_
         masker.close()
 
 
+@pytest.mark.parametrize("grow", [0.9, 2.0])
+def test_face_grow_out_of_range_is_refused(backend, grow):
+    with pytest.raises(ValueError, match="face_grow"):
+        FaceMasker(_config(face_grow=grow), backend=backend)
+
+
 @pytest.mark.parametrize("every, expected", [(1, 17), (2, 10)])
 def test_segmenter_runs_every_n_frames(backend, face_frames, face_boxes, every, expected):
     calls = _Wrap(backend.segmenter, lambda f, *a: f(*a), calls=set())
