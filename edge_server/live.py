@@ -54,6 +54,7 @@ class LiveManager:
         self.processor_factory = processor_factory
         self.rtmp_app = rtmp_app
         self._live: dict[str, _LivePublish] = {}
+        self._starting: dict[str, str] = {}  # session id -> protocol, while its pipeline is built
         self._hubs: dict[str, ViewerHub] = {}
         self._accepting = False
         service.add_end_listener(self._on_session_ended)
@@ -67,11 +68,11 @@ class LiveManager:
             return None
         try:
             session = await self.service.begin_publish(request.stream_key)
+            runtime = await self._start(session, publisher.close, "rtmp", request.peer)
         except PublishDenied as denied:
             self.metrics.rejected_publishes.labels(str(denied.status)).inc()
             log.warning("publish refused from %s: %s", request.peer, denied.reason)  # never the key itself
             return None
-        runtime = self._go_live(session, publisher.close, "rtmp", request.peer)
         return _RuntimeSink(self, session.id, runtime)
 
     async def begin_webrtc_publish(self, token: str, session_id: str, kick: Callable[[str], None], peer: str) -> SessionRuntime:
@@ -80,15 +81,36 @@ class LiveManager:
             raise PublishDenied(503, "node is not accepting publishes")
         try:
             session = await self.service.begin_publish(token, session_id=session_id)
+            return await self._start(session, kick, "whip", peer)
         except PublishDenied as denied:
             self.metrics.rejected_publishes.labels(str(denied.status)).inc()
             log.warning("WHIP publish refused from %s: %s", peer, denied.reason)  # never the token itself
             raise
-        return self._go_live(session, kick, "whip", peer)
 
-    def _go_live(self, session: Any, kick: Callable[[str], None], protocol: str, peer: str) -> SessionRuntime:
+    async def _start(self, session: Any, kick: Callable[[str], None], protocol: str, peer: str) -> SessionRuntime:
+        """Build the session's processor off the event loop, then go live.
+
+        Building the masker (models, persona, warm-up) takes 70-200 ms: on the loop it would
+        stall every other session's media for that long. A session that ends (DELETE) while
+        it is built does not go live; a build that fails puts the session back to idle.
+        """
+        self._starting[session.id] = protocol
+        try:
+            processor = await asyncio.get_running_loop().run_in_executor(None, self.processor_factory, session)
+        except Exception:
+            log.exception("session %s: the pipeline could not be built; publish refused", session.id)
+            await self.service.end_publish(session.id)
+            raise PublishDenied(500, "the masking pipeline could not be started") from None
+        finally:
+            del self._starting[session.id]
+        if not await self.service.is_live(session.id):
+            processor.close()
+            raise PublishDenied(404, "session ended while its pipeline was being built")
+        return self._go_live(session, processor, kick, protocol, peer)
+
+    def _go_live(self, session: Any, processor: FrameProcessor, kick: Callable[[str], None], protocol: str, peer: str) -> SessionRuntime:
         runtime = SessionRuntime(
-            session.id, session.targets, self.processor_factory(session), self.settings, self.metrics, viewers=self.viewer_hub(session.id)
+            session.id, session.targets, processor, self.settings, self.metrics, viewers=self.viewer_hub(session.id)
         )
         runtime.start()
         remaining = self.service.remaining_live_seconds(session)
@@ -176,8 +198,12 @@ class LiveManager:
     def stats(self, session_id: str) -> dict[str, Any] | None:
         live = self._live.get(session_id)
         if live is None:
-            return None
-        return {**live.runtime.stats(), "protocol": live.protocol, "viewers": self.viewer_count(session_id)}
+            protocol = self._starting.get(session_id)
+            if protocol is None:
+                return None
+            idle = {"frames_in": 0, "frames_out": 0, "frames_dropped": {}, "fps_out": 0.0, "uptime_s": 0.0, "targets": []}
+            return {**idle, "protocol": protocol, "viewers": self.viewer_count(session_id), "starting": True}
+        return {**live.runtime.stats(), "protocol": live.protocol, "viewers": self.viewer_count(session_id), "starting": False}
 
     def runtime(self, session_id: str) -> SessionRuntime | None:
         live = self._live.get(session_id)

@@ -168,6 +168,10 @@ class SessionService:
             await self.store.save(session)
         log.info("publish stopped", extra={"session_id": session_id})
 
+    async def is_live(self, session_id: str) -> bool:
+        session = await self.store.get(session_id)
+        return session is not None and session.state is SessionState.LIVE
+
     def remaining_live_seconds(self, session: Session) -> float | None:
         if session.max_duration_s is None:
             return None

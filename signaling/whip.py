@@ -124,6 +124,8 @@ class WebRtcRoutes:
             return _error(503, "node_full", denied.reason, {"Retry-After": RETRY_AFTER_S})
         if denied.status == 404:
             return _error(404, "not_found", denied.reason)
+        if denied.status >= 500:
+            return _error(denied.status, "internal_error", denied.reason)
         return _error(denied.status, "conflict", denied.reason)
 
     async def _offer(self, request: web.Request, protocol: str) -> tuple[str, str]:
