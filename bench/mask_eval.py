@@ -33,6 +33,7 @@ os.environ.setdefault("HIKARIEDGE_ORT_THREADS", "1")  # before anything loads on
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -215,8 +216,13 @@ def resolve_persona(persona_id: str | None, mode: str) -> tuple[Any, str | None]
     return persona, persona_id
 
 
-def processor_factory(kind: str, config: Any, mode: str, persona: Any = None) -> Callable[[], Any]:
-    """A zero-argument callable making a fresh processor (one per clip/photo: one 'stream' each)."""
+def processor_factory(kind: str, config: Any, mode: str, persona: Any = None, seed: int | None = None) -> Callable[[], Any]:
+    """A zero-argument callable making a fresh processor (one per clip/photo: one 'stream' each).
+
+    ``seed``: the masker's session seed (which throwaway personas anonymize draws) for the
+    first processor, +1 for each next one, so a run can be repeated exactly; None = random,
+    as a live session does.
+    """
     if kind in STANDINS:
         return STANDINS[kind]
     if kind != "mask":
@@ -227,8 +233,11 @@ def processor_factory(kind: str, config: Any, mode: str, persona: Any = None) ->
         raise SystemExit(f"the real masker is not importable yet (pipeline.masker: {exc}); use --processor identity-standin|blur-standin") from exc
     from pipeline.factory import build_processor
 
+    made = itertools.count()
+
     def make() -> Any:
-        return build_processor(config, mode, persona)
+        n = next(made)
+        return build_processor(config, mode, persona, **({} if seed is None else {"seed": seed + n}))
 
     try:  # fail early and readably (e.g. a module the mode needs is not there yet)
         make().close()
@@ -907,6 +916,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mask: pipeline.factory.build_processor; the stand-ins calibrate the measurements")
     p.add_argument("--mode", choices=("anonymize", "persona", "blur", "pixelate"), default="anonymize",
                    help="masking mode passed to build_processor (blur/pixelate: cover modes, no swap)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="anonymize personas from this seed (+1 per processor made) instead of at random: repeatable runs")
     p.add_argument("--persona", default=None, help="builtin persona id (persona mode; None when pipeline.procedural is absent)")
     p.add_argument("--clips", action="append", default=None,
                    help="clip file names or stems, comma-separated or repeated (default: every clip in videos/)")
@@ -947,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = list_clips(eval_dir, names)
     config = pipeline_config(args.overrides)
     persona, persona_id = resolve_persona(args.persona, args.mode) if args.processor == "mask" else (None, None)
-    make = processor_factory(args.processor, config, args.mode, persona)
+    make = processor_factory(args.processor, config, args.mode, persona, args.seed)
     log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, flush=True))
     tools = Tools.load(eval_dir)
     started = time.time()
@@ -1020,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "pyav": av.__version__, "numpy": np.__version__,
         },
         "settings": {
-            "processor": args.processor, "mode": args.mode, "persona": persona_id,
+            "processor": args.processor, "mode": args.mode, "persona": persona_id, "seed": args.seed,
             "eval_dir": str(eval_dir), "clips": [p.name for p in clips], "max_frames": max_frames,
             "ort_threads": int(os.environ.get("HIKARIEDGE_ORT_THREADS", "1")), "cv2_threads": cv2.getNumThreads(),
             "pipeline_config": dataclasses.asdict(config), "bench_size": list(BENCH_SIZE),

@@ -493,17 +493,18 @@ class MeshSwapper:
         # -- the grid and the warp map
         gw, gh = max(1, math.ceil(rw / step)), max(1, math.ceil(rh / step))
         sx, sy = rw / gw, rh / gh
-        # grid coordinates of the live points (cell centres at integers)
+        def to_grid(p: np.ndarray) -> np.ndarray:  # region px -> grid coordinates (cell centres at integers)
+            return np.stack([(p[:, 0] - x0 + 0.5) / sx - 0.5, (p[:, 1] - y0 + 0.5) / sy - 0.5], axis=1)
+
         ring = _with_ring(pts, topo.oval)
-        gx = (ring[:, 0] - x0 + 0.5) / sx - 0.5
-        gy = (ring[:, 1] - y0 + 0.5) / sy - 0.5
+        dst = to_grid(ring)
+        gx, gy = dst[:, 0], dst[:, 1]
         tri = topo.triangles_t
         src = _blink(data, topo, pts)
         planes, covered = _rasterize(gx[tri], gy[tri], src, gw, gh, data.src_sign)
         planes, covered = _fill_from_neighbours(planes, covered, FILL_PASSES)
         grid_map = cv2.merge(planes)
         grid_map[~covered] = data.fallback
-        dst = np.stack([gx, gy], axis=1)
         full_map = cv2.resize(grid_map, (rw, rh), interpolation=cv2.INTER_LINEAR)
         if step > 1.5:
             # A (nearly) closed eye at full resolution: its strip collapses to a line that
@@ -528,8 +529,7 @@ class MeshSwapper:
 
         # -- colour match (statistics on the grid)
         if self.color_match:
-            glive = np.stack([(live_pts[:, 0] - x0 + 0.5) / sx - 0.5, (live_pts[:, 1] - y0 + 0.5) / sy - 0.5], axis=1)
-            gmask = _face_mask((gh, gw), glive, topo, eye_pad=max(1.0, 0.03 * face / step))
+            gmask = _face_mask((gh, gw), to_grid(live_pts), topo, eye_pad=max(1.0, 0.03 * face / step))
             if cv2.countNonZero(gmask) >= MIN_STAT_SAMPLES:
                 small = cv2.resize(np.ascontiguousarray(live), (gw, gh), interpolation=cv2.INTER_NEAREST)
                 mean, std = cv2.meanStdDev(cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb), mask=gmask)
