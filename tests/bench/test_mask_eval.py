@@ -182,3 +182,20 @@ def test_real_masker_quick(eval_dir: Path, tmp_path: Path) -> None:
     # 0.35 (different real people at that size: p99 0.32); allow that, not more.
     assert photos["leak_faces"] <= 0.1 * photos["annotated_faces"], photos
     assert report["timing"]["native"]["frames"] > 0
+
+
+def test_seed_makes_anonymize_runs_repeatable(eval_dir: Path) -> None:
+    """--seed: the same seed paints the same throwaway faces; another seed, other faces."""
+    frame = next(M.iter_frames(_clip(eval_dir, "lp_d0"), 1))
+    config = M.pipeline_config(["deadline_ms=0"])  # no deadline fallback on a busy machine
+
+    def first_output(seed: int) -> np.ndarray:
+        proc = M.processor_factory("mask", config, "anonymize", seed=seed)()
+        try:
+            return proc.process(frame).to_ndarray(format="rgb24")
+        finally:
+            proc.close()
+
+    a, b, c = first_output(11), first_output(11), first_output(12)
+    assert (a == b).all()
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0
