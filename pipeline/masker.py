@@ -1,8 +1,9 @@
 """FaceMasker: the FrameProcessor that replaces every face in a frame, fail closed.
 
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
-tracked or a face is held) -> landmarks for each tracked face (crop from its previous
-landmarks) -> One Euro smoothing -> person segmentation -> swap each face with its
+tracked or a face is held; on its own thread, beside the landmarks of the faces already
+tracked) -> landmarks for each tracked face (crop from its previous landmarks; a new
+face's from its detection) -> One Euro smoothing -> person segmentation -> swap each face with its
 persona (or cover it, in blur/pixelate mode) -> cover what the privacy guard says.
 Only the regions that change are converted back to YUV, so an untouched pixel leaves
 exactly as it came in.
@@ -83,6 +84,7 @@ class FaceMasker:
         self._personas: dict[int, Persona] = {}
         self._painter = ThreadPoolExecutor(1, thread_name_prefix="persona-painter")
         self._painting: dict[int, Future[Persona]] = {}
+        self._detect_pool = ThreadPoolExecutor(1, thread_name_prefix="face-detector") if config.parallel_detect else None
         self._detected_once = False
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int] | None = None
@@ -127,6 +129,8 @@ class FaceMasker:
         if self._runner is not None:
             self._runner.close()
         self._painter.shutdown(wait=False, cancel_futures=True)
+        if self._detect_pool is not None:
+            self._detect_pool.shutdown(wait=False, cancel_futures=True)
         self._personas.clear()
 
     # -- the pipeline -----------------------------------------------------------------
@@ -194,34 +198,47 @@ class FaceMasker:
 
         tracker = self.tracker
         detected = self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection()
-        if detected:
-            t = time.perf_counter()
-            detections = self.backend.detector.detect(rgb)
-            timings["detect"] = time.perf_counter() - t
-            self._detected_once = True
-            tracker.refresh_holds(detections, now)
-            tracker.apply_detections(detections, now)
-        else:
-            detections = []
         self.frames += 1
 
+        def detect() -> tuple[list, float]:
+            t0 = time.perf_counter()
+            return self.backend.detector.detect(rgb), time.perf_counter() - t0
+
+        # The detector runs beside the landmarks of the faces already tracked (onnxruntime
+        # and OpenCV release the GIL): a detector frame then costs about max(detect,
+        # landmarks + swap) instead of their sum. New faces get their landmarks after it.
+        job = self._detect_pool.submit(detect) if detected and self._detect_pool is not None else None
         t = time.perf_counter()
         for track in list(tracker.tracks):
             tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
+        timings["landmarks"] = time.perf_counter() - t
+        detections = []
+        if detected:
+            detections, timings["detect"] = job.result() if job is not None else detect()
+            self._detected_once = True
+            tracker.refresh_holds(detections, now)
+            known = {tr.id for tr in tracker.tracks}
+            tracker.apply_detections(detections, now)
+            t = time.perf_counter()
+            for track in [tr for tr in tracker.tracks if tr.id not in known]:
+                tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
+            timings["landmarks"] += time.perf_counter() - t
+
+        t = time.perf_counter()
         tracker.dedupe()
         tracker.expire(now)
         live_ids = {tr.id for tr in tracker.tracks}
         self._shapes = {k: v for k, v in self._shapes.items() if k in live_ids}
-        timings["landmarks"] = time.perf_counter() - t
+        timings["landmarks"] += time.perf_counter() - t
 
         uncovered_heads: list[np.ndarray] = []
         if self.backend.segmenter is not None:
             t = time.perf_counter()
             last = self._last_mask
             # The person mask changes slowly: it is reused for segment_every - 1 frames, and
-            # the detector's frame always reuses the previous frame's (keeps p95 down).
+            # one frame longer on the detector's frame, which never also segments (p95).
             age = self.frames - last[1] if last is not None else None
-            if age is not None and last[0].frame_hw == (h, w) and (age < cfg.segment_every or (detected and age == 1)):
+            if age is not None and last[0].frame_hw == (h, w) and age < max(1, cfg.segment_every) + detected:
                 mask = last[0]
             else:
                 sh, sw = self.backend.segmenter.input_hw
