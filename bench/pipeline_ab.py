@@ -43,10 +43,9 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95))} if a.size else {"n": 0}
 
 
-def run(clips: list[str], configs: dict[str, list[str]], rounds: int, frames_per_clip: int, seed: int) -> dict:
+def run(eval_dir: Path, clips: list[str], configs: dict[str, list[str]], rounds: int, frames_per_clip: int, seed: int) -> dict:
     from pipeline.factory import build_processor
 
-    eval_dir = L.resolve_eval_dir()
     frames = {c: list(iter_frames(eval_dir / "videos" / f"{c}.mp4", frames_per_clip, BENCH_SIZE)) for c in clips}
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
     for r in range(rounds):
@@ -81,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     try:
-        L.resolve_eval_dir()
+        eval_dir = L.resolve_eval_dir()
     except L.EvalMediaMissing as exc:
         print(f"pipeline_ab skipped: {exc}")
         return 0
     configs = {"A": _overrides(args.a), "B": _overrides(args.b)}
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
     t0 = time.time()
-    result = run(clips, configs, args.rounds, args.frames, args.seed)
+    result = run(eval_dir, clips, configs, args.rounds, args.frames, args.seed)
     stages = [s for s in ("wall", "total", "detect", "landmarks", "segment", "swap", "convert", "cover") if s in result["A"]]
     print(f"A = {configs['A'] or 'defaults'}; B = {configs['B'] or 'defaults'}; {len(clips)} clips x {args.frames} frames x {args.rounds} rounds at 1280x720")
     print(f"{'stage':<10}{'A p50':>8}{'A p95':>8}{'B p50':>8}{'B p95':>8}{'B/A p50':>9}{'B/A p95':>9}")

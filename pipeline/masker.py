@@ -3,8 +3,9 @@
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
 tracked or a face is held; on its own thread, beside the landmarks of the faces already
 tracked) -> landmarks for each tracked face (crop from its previous landmarks; a new
-face's from its detection) -> One Euro smoothing -> person segmentation -> swap each face with its
-persona (or cover it, in blur/pixelate mode) -> cover what the privacy guard says.
+face's from its detection) -> One Euro smoothing -> person segmentation -> swap each
+face with its persona (or cover it, in blur/pixelate mode) -> cover what the privacy
+guard says.
 Only the regions that change are converted back to YUV, so an untouched pixel leaves
 exactly as it came in.
 """
@@ -204,14 +205,17 @@ class FaceMasker:
             t0 = time.perf_counter()
             return self.backend.detector.detect(rgb), time.perf_counter() - t0
 
+        def follow(tracks: list) -> float:
+            t0 = time.perf_counter()
+            for track in tracks:
+                tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
+            return time.perf_counter() - t0
+
         # The detector runs beside the landmarks of the faces already tracked (onnxruntime
-        # and OpenCV release the GIL): a detector frame then costs about max(detect,
-        # landmarks + swap) instead of their sum. New faces get their landmarks after it.
+        # and OpenCV release the GIL): a detector frame costs the larger of the two, not
+        # their sum. Faces it finds anew get their landmarks once it is done.
         job = self._detect_pool.submit(detect) if detected and self._detect_pool is not None else None
-        t = time.perf_counter()
-        for track in list(tracker.tracks):
-            tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
-        timings["landmarks"] = time.perf_counter() - t
+        timings["landmarks"] = follow(list(tracker.tracks))
         detections = []
         if detected:
             detections, timings["detect"] = job.result() if job is not None else detect()
@@ -219,10 +223,7 @@ class FaceMasker:
             tracker.refresh_holds(detections, now)
             known = {tr.id for tr in tracker.tracks}
             tracker.apply_detections(detections, now)
-            t = time.perf_counter()
-            for track in [tr for tr in tracker.tracks if tr.id not in known]:
-                tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
-            timings["landmarks"] += time.perf_counter() - t
+            timings["landmarks"] += follow([tr for tr in tracker.tracks if tr.id not in known])
 
         t = time.perf_counter()
         tracker.dedupe()

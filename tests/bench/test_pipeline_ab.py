@@ -1,0 +1,29 @@
+"""bench/pipeline_ab.py: two pipeline configs interleaved on real faces (needs ../shared/eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import eval_lib as L
+from bench import pipeline_ab
+
+
+def test_both_configs_are_timed_stage_by_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        L.resolve_eval_dir()
+    except L.EvalMediaMissing as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "ab.json"
+    code = pipeline_ab.main(["--a", "segment_every=1", "--b", "segment_every=1000", "--clips", "lp_s18",
+                             "--frames", "12", "--rounds", "1", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["configs"] == {"A": ["segment_every=1"], "B": ["segment_every=1000"]}
+    a, b = report["ms"]["A"], report["ms"]["B"]
+    assert a["wall"]["n"] == b["wall"]["n"] == 12 - pipeline_ab.SKIP
+    # A segments every frame but the detector's; B reuses its first mask: the stage clock must show it
+    assert a["segment"]["p50"] > 0.5 and b["segment"]["p50"] < 0.1
+    assert "B/A p50" in capsys.readouterr().out
