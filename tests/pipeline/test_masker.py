@@ -167,6 +167,31 @@ def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_
         masker.close()
 
 
+def test_the_detector_thread_changes_nothing_but_the_time(backend, face_frames, face_boxes):
+    outputs = {}
+    for parallel in (True, False):
+        masker, seen = _masker(backend, parallel_detect=parallel, detect_every=3)
+        try:
+            outputs[parallel] = [masker.process(f).to_ndarray() for f in face_frames[:12]]
+            assert masker.tracker.tracks and not seen
+        finally:
+            masker.close()
+    assert all((a == b).all() for a, b in zip(outputs[True], outputs[False]))
+
+
+def test_a_detector_failing_on_its_thread_covers_the_frame(backend, face_frames, face_boxes):
+    def boom(f, *a):
+        raise RuntimeError("injected detector failure")
+
+    flaky = _Wrap(backend.detector, boom, calls={0, 2})  # frame 0, and the scheduled detection on frame 5
+    masker, seen = _masker(backend, detector=flaky, detect_every=5)
+    try:
+        _run(masker, face_frames[:12], face_boxes[:12], "detector exceptions")
+        assert seen["error"] == 2
+    finally:
+        masker.close()
+
+
 @pytest.mark.parametrize("grow", [0.9, 2.0])
 def test_face_grow_out_of_range_is_refused(backend, grow):
     with pytest.raises(ValueError, match="face_grow"):
