@@ -77,6 +77,7 @@ def _feature_points() -> np.ndarray:
 
 
 _FEATURES = _feature_points()
+
 # frame-level fallbacks of pipeline.masker.FaceMasker (events it counts when it did not mask the frame itself)
 FALLBACK_EVENTS = ("deadline", "error", "no_detection_yet")
 IMAGE_TIME_BASE = Fraction(1, 30)
@@ -119,7 +120,7 @@ DEFINITIONS = {
     ),
     "expression_error_features": (
         "the same over the eyes, brows and lips only (their mesh loops): what expression moves. The all-point figure "
-        "also counts the face outline, which the swap draws deliberately bigger than the live one (pipeline.swap.GROW)"
+        "also counts the face outline, which the swap draws deliberately bigger than the live one (pipeline.face_grow)"
     ),
     "flicker_ratio": (
         "per face and consecutive frame pair: mean |out_t - out_t-1| / mean |in_t - in_t-1| inside the input face box "
