@@ -10,6 +10,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -165,6 +166,55 @@ def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_
         assert calls.n == 4  # frames 0, 5, 10, 15
     finally:
         masker.close()
+
+
+@pytest.fixture(scope="module")
+def second_face_cuts_in() -> tuple[list[av.VideoFrame], int]:
+    """A tracked face on the left; at frame 7 (between two detector runs) a second real
+    person cuts in on the right, as a camera switch or a guest joining the shot would."""
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent: this test needs real faces")
+
+    def decode(name: str, n: int) -> list[np.ndarray]:
+        out = []
+        with av.open(str(root / "videos" / name)) as c:
+            for f in c.decode(video=0):
+                out.append(f.to_ndarray(format="rgb24"))
+                if len(out) == n:
+                    return out
+        return out
+
+    host, guest = decode("lp_s18.mp4", 12), decode("vr_2.mp4", 12)
+    empty_right = cv2.resize(host[0][:, :200], (640, 720))  # the host's backdrop, nobody in it
+    frames = []
+    for i in range(12):
+        img = np.zeros((720, 1280, 3), np.uint8)
+        img[180:540, :640] = cv2.resize(host[i], (640, 360))
+        img[:, 640:] = cv2.resize(guest[i], (640, 720)) if i >= 7 else empty_right
+        f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        f.pts, f.time_base = i, Fraction(1, 30)
+        frames.append(f)
+    return frames, 7
+
+
+@pytest.mark.parametrize("every, shown", [(1, []), (2, [7])])
+def test_a_face_cutting_in_between_detector_runs(backend, second_face_cuts_in, every, shown):
+    """The default segments every frame, so the person rule covers the newcomer at once;
+    segment_every=2 lets it through for a frame (why it is not the default)."""
+    frames, cut = second_face_cuts_in
+    reference = YuNetDetector(detect_width=4096)
+    masker, _ = _masker(backend, detect_every=5, segment_every=every)
+    unmasked = []
+    try:
+        for i, f in enumerate(frames):
+            out = masker.process(f)
+            for face in reference.detect(f.to_ndarray(format="rgb24")):
+                if face_detail_correlation(f, out, face.box) >= 0.3:
+                    unmasked.append(i)
+    finally:
+        masker.close()
+    assert unmasked == shown
 
 
 def test_the_detector_thread_changes_nothing_but_the_time(backend, face_frames, face_boxes):
