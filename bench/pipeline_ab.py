@@ -5,7 +5,7 @@ most changes do. So both configs run in the same process on the same frames (rea
 from ``../shared/eval``, fitted into 1280x720), alternating clip by clip and round by round;
 only the ratios are meant to be compared.
 
-    .venv/bin/python bench/pipeline_ab.py --a face_grow=1.0,parallel_detect=false --b "" --rounds 3
+    .venv/bin/python bench/pipeline_ab.py --a face_grow=1.0 --b "" --rounds 3
 
 Prints p50/p95 per stage for A and B and B/A, and writes JSON (default
 ``bench/out/pipeline_ab.json``). Frames are offered back to back (no pacing), one thread.
@@ -70,7 +70,7 @@ def run(eval_dir: Path, clips: list[str], configs: dict[str, list[str]], rounds:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", default="face_grow=1.0,parallel_detect=false", help="config A: KEY=VALUE,... (PipelineConfig)")
+    p.add_argument("--a", default="face_grow=1.0", help="config A: KEY=VALUE,... (PipelineConfig)")
     p.add_argument("--b", default="", help="config B (default: the shipped defaults)")
     p.add_argument("--clips", default=DEFAULT_CLIPS)
     p.add_argument("--rounds", type=int, default=3)

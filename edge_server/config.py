@@ -81,7 +81,8 @@ class PipelineConfig:
     processor: str = "mask"  # "mask" (the product) or "identity" (relay only, faces NOT masked)
     detect_every: int = 5  # run the face detector every N frames (and whenever tracking is lost)
     detect_width: int = 640  # the detector sees the frame scaled to this width (at most halved)
-    parallel_detect: bool = True  # the detector runs on its own thread beside the landmarks (lower p95)
+    parallel_detect: bool = False  # detector on its own thread beside the landmarks: p95 0.85-0.91x, but the
+    # node's CPU per stream rose in the relay bench (docs/benchmarks.md); off until that is understood
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped

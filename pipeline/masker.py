@@ -1,8 +1,8 @@
 """FaceMasker: the FrameProcessor that replaces every face in a frame, fail closed.
 
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
-tracked or a face is held; on its own thread, beside the landmarks of the faces already
-tracked) -> landmarks for each tracked face (crop from its previous landmarks; a new
+tracked or a face is held; with ``parallel_detect`` on its own thread, beside the
+landmarks of the faces already tracked) -> landmarks for each tracked face (crop from its previous landmarks; a new
 face's from its detection) -> One Euro smoothing -> person segmentation -> swap each
 face with its persona (or cover it, in blur/pixelate mode) -> cover what the privacy
 guard says.
@@ -211,9 +211,9 @@ class FaceMasker:
                 tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
             return time.perf_counter() - t0
 
-        # The detector runs beside the landmarks of the faces already tracked (onnxruntime
-        # and OpenCV release the GIL): a detector frame costs the larger of the two, not
-        # their sum. Faces it finds anew get their landmarks once it is done.
+        # With parallel_detect the detector runs beside the landmarks of the faces already
+        # tracked (onnxruntime and OpenCV release the GIL): a detector frame costs the larger
+        # of the two, not their sum. Faces it finds anew get their landmarks once it is done.
         job = self._detect_pool.submit(detect) if detected and self._detect_pool is not None else None
         timings["landmarks"] = follow(list(tracker.tracks))
         detections = []

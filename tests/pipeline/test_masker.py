@@ -234,7 +234,7 @@ def test_a_detector_failing_on_its_thread_covers_the_frame(backend, face_frames,
         raise RuntimeError("injected detector failure")
 
     flaky = _Wrap(backend.detector, boom, calls={0, 2})  # frame 0, and the scheduled detection on frame 5
-    masker, seen = _masker(backend, detector=flaky, detect_every=5)
+    masker, seen = _masker(backend, detector=flaky, detect_every=5, parallel_detect=True)
     try:
         _run(masker, face_frames[:12], face_boxes[:12], "detector exceptions")
         assert seen["error"] == 2
