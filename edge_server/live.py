@@ -201,8 +201,7 @@ class LiveManager:
             protocol = self._starting.get(session_id)
             if protocol is None:
                 return None
-            idle = {"frames_in": 0, "frames_out": 0, "frames_dropped": {}, "fps_out": 0.0, "uptime_s": 0.0, "targets": []}
-            return {**idle, "protocol": protocol, "viewers": self.viewer_count(session_id), "starting": True}
+            return {**SessionRuntime.idle_stats(), "protocol": protocol, "viewers": self.viewer_count(session_id), "starting": True}
         return {**live.runtime.stats(), "protocol": live.protocol, "viewers": self.viewer_count(session_id), "starting": False}
 
     def runtime(self, session_id: str) -> SessionRuntime | None:

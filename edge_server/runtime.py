@@ -233,6 +233,11 @@ class SessionRuntime:
             self._last_keyframe_request = now
             return True
 
+    @staticmethod
+    def idle_stats() -> dict[str, Any]:
+        """The figures of a session whose runtime has not started yet (same keys as stats())."""
+        return {"frames_in": 0, "frames_out": 0, "frames_dropped": {}, "fps_out": 0.0, "uptime_s": 0.0, "targets": []}
+
     def stats(self) -> dict[str, Any]:
         times = list(self._out_times)
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0

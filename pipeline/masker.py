@@ -2,10 +2,10 @@
 
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
 tracked or a face is held; with ``parallel_detect`` on its own thread, beside the
-landmarks of the faces already tracked) -> landmarks for each tracked face (crop from its previous landmarks; a new
-face's from its detection) -> One Euro smoothing -> person segmentation -> swap each
-face with its persona (or cover it, in blur/pixelate mode) -> cover what the privacy
-guard says.
+landmarks of the faces already tracked) -> landmarks for each tracked face (crop from
+its previous landmarks; a new face's from its detection) -> One Euro smoothing ->
+person segmentation -> swap each face with its persona (or cover it, in blur/pixelate
+mode) -> cover what the privacy guard says.
 Only the regions that change are converted back to YUV, so an untouched pixel leaves
 exactly as it came in.
 """
