@@ -433,6 +433,59 @@ def canonicalize_names(model) -> None:
     graph.value_info.extend(value_info)
 
 
+def prelu_as_depthwise(model) -> int:
+    """Rewrite each per-channel ``PRelu`` as two 1x1 depthwise convolutions, in place.
+
+    ``prelu(x) = s*x + (1-s)*relu(x)``, so ``PRelu(x, s)`` becomes ``Add(Conv_dw(Relu(x),
+    1-s), Conv_dw(x, s))``. The result is the same function (float rounding apart), but
+    onnxruntime's CPU provider runs PRelu as a generic broadcast op outside its blocked
+    (NCHWc) convolution layout: in face_landmark, 23 PRelus were 56% of the model's time and
+    forced a layout reorder around each. As convolutions they stay in the blocked layout
+    (the Add fuses into the second convolution), and the model runs about 3x faster on one
+    thread. TensorRT handles either form. Returns the number of PRelus rewritten.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    rewritten = 0
+    for node in graph.node:
+        slope = inits.get(node.input[1]) if node.op_type == "PRelu" and len(node.input) == 2 else None
+        arr = numpy_helper.to_array(slope).astype(np.float32) if slope is not None else None
+        per_channel = arr is not None and arr.ndim in (3, 4) and all(d == 1 for d in arr.shape[-2:])
+        if not per_channel or (arr.ndim == 4 and arr.shape[0] != 1):
+            if node.op_type == "PRelu":
+                raise SystemExit(f"{node.name}: PRelu without a per-channel constant slope is not handled")
+            nodes.append(node)
+            continue
+        s = arr.reshape(-1)
+        channels = s.size
+        x, y = node.input[0], node.output[0]
+        stem = f"{node.name or y}/prelu"
+        for suffix, weight in (("slope", s), ("one_minus_slope", 1.0 - s)):
+            w = numpy_helper.from_array(weight.reshape(channels, 1, 1, 1).astype(np.float32), f"{stem}/{suffix}")
+            graph.initializer.append(w)
+        dw = {"group": channels, "kernel_shape": [1, 1]}
+        nodes += [
+            helper.make_node("Relu", [x], [f"{stem}/relu"], name=f"{stem}/Relu"),
+            helper.make_node("Conv", [x, f"{stem}/slope"], [f"{stem}/scaled"], name=f"{stem}/ConvSlope", **dw),
+            helper.make_node(
+                "Conv", [f"{stem}/relu", f"{stem}/one_minus_slope"], [f"{stem}/relu_part"], name=f"{stem}/ConvPos", **dw
+            ),
+            helper.make_node("Add", [f"{stem}/relu_part", f"{stem}/scaled"], [y], name=f"{stem}/Add"),
+        ]
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {x for n in graph.node for x in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return rewritten
+
+
 _NODE_SEQ = itertools.count()
 
 
@@ -484,13 +537,14 @@ def convert_tflite(tflite_path: Path, name: str, origin: str, custom_op: bool):
         raise SystemExit(f"{name}: non-standard ops left after conversion: {bad}")
     if custom_op and sum(n.op_type == "ConvTranspose" for n in model.graph.node) != len(options):
         raise SystemExit(f"{name}: ConvTranspose count does not match the custom ops")
+    rewrites = {"prelu_as_depthwise": prelu_as_depthwise(model)}
     canonicalize_names(model)
     model.doc_string = f"HikariEdge export of {origin} (trt_engines/export_models.py)"
     del model.metadata_props[:]
     for key, value in (("source", origin), ("license", MEDIAPIPE_LICENSE)):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
-    return model, options
+    return model, options, rewrites
 
 
 def _bound(x: float) -> float:
@@ -878,7 +932,7 @@ def export(out_dir: Path, work: Path) -> None:
         origin = f"mediapipe=={MEDIAPIPE_VERSION}:{member}"
         custom = name.startswith("selfie_segmentation")
         print(f"[export] converting {member}", flush=True)
-        model, custom_opts = convert_tflite(tflite_path, name, origin, custom)
+        model, custom_opts, rewrites = convert_tflite(tflite_path, name, origin, custom)
         out_path = out_dir / f"{name}.onnx"
         onnx.save(model, str(out_path))
         if custom:
@@ -892,6 +946,15 @@ def export(out_dir: Path, work: Path) -> None:
             "tools": tools,
             "float16_weights": "dequantized to float32 by tf2onnx (the model computes in float32)",
         }
+        if rewrites.get("prelu_as_depthwise"):
+            conversion["graph_rewrite"] = {
+                "prelu_as_depthwise": rewrites["prelu_as_depthwise"],
+                "what": (
+                    "each per-channel PRelu(x, s) replaced by Add(Conv_dw(Relu(x), W = 1-s), "
+                    "Conv_dw(x, W = s)), 1x1 depthwise, no bias: the same function; onnxruntime "
+                    "keeps it in its blocked convolution layout (about 3x faster on one CPU thread)"
+                ),
+            }
         if custom:
             conversion["custom_op_rewrite"] = {
                 "op": "Convolution2DTransposeBias (MediaPipe custom TFLite op)",
