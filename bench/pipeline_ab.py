@@ -43,8 +43,25 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95))} if a.size else {"n": 0}
 
 
-def run(eval_dir: Path, clips: list[str], configs: dict[str, list[str]], rounds: int, frames_per_clip: int, seed: int) -> dict:
+def _processor(overrides: list[str], seed: int, models_dir: str | None):
+    from pipeline.backends import create_backend
     from pipeline.factory import build_processor
+
+    config = pipeline_config(overrides + ["deadline_ms=0"])
+    if models_dir is None:
+        return build_processor(config, "anonymize", seed=seed)
+    backend = create_backend(
+        detect_width=config.detect_width, segmentation=config.segmentation,
+        score_threshold=config.detect_score, models_dir=models_dir,
+    )
+    return build_processor(config, "anonymize", seed=seed, backend=backend)
+
+
+def run(
+    eval_dir: Path, clips: list[str], configs: dict[str, list[str]], rounds: int, frames_per_clip: int, seed: int,
+    models: dict[str, str | None] | None = None,
+) -> dict:
+    models = models or {}
 
     frames = {c: list(iter_frames(eval_dir / "videos" / f"{c}.mp4", frames_per_clip, BENCH_SIZE)) for c in clips}
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
@@ -52,7 +69,7 @@ def run(eval_dir: Path, clips: list[str], configs: dict[str, list[str]], rounds:
         for clip in clips:
             order = list(configs) if (r + clips.index(clip)) % 2 == 0 else list(configs)[::-1]
             for name in order:
-                proc = build_processor(pipeline_config(configs[name] + ["deadline_ms=0"]), "anonymize", seed=seed)
+                proc = _processor(configs[name], seed, models.get(name))
                 try:
                     for i, frame in enumerate(frames[clip]):
                         t = time.perf_counter()
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", default="face_grow=1.0", help="config A: KEY=VALUE,... (PipelineConfig)")
     p.add_argument("--b", default="", help="config B (default: the shipped defaults)")
+    p.add_argument("--models-a", default=None, help="model folder for A (with its MANIFEST.json; default pipeline/models)")
+    p.add_argument("--models-b", default=None, help="model folder for B")
     p.add_argument("--clips", default=DEFAULT_CLIPS)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--frames", type=int, default=60, help="frames per clip and pass")
@@ -87,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     configs = {"A": _overrides(args.a), "B": _overrides(args.b)}
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
     t0 = time.time()
-    result = run(eval_dir, clips, configs, args.rounds, args.frames, args.seed)
+    models = {"A": args.models_a, "B": args.models_b}
+    result = run(eval_dir, clips, configs, args.rounds, args.frames, args.seed, models)
     stages = [s for s in ("wall", "total", "detect", "landmarks", "segment", "swap", "convert", "cover") if s in result["A"]]
+    for name in ("A", "B"):
+        if models[name]:
+            print(f"{name} models: {models[name]}")
     print(f"A = {configs['A'] or 'defaults'}; B = {configs['B'] or 'defaults'}; {len(clips)} clips x {args.frames} frames x {args.rounds} rounds at 1280x720")
     print(f"{'stage':<10}{'A p50':>8}{'A p95':>8}{'B p50':>8}{'B p95':>8}{'B/A p50':>9}{'B/A p95':>9}")
     for s in stages:
@@ -100,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["pipeline_ab.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "configs": configs, "clips": clips, "rounds": args.rounds, "frames": args.frames, "skip": SKIP,
+        "configs": configs, "models": models, "clips": clips, "rounds": args.rounds, "frames": args.frames, "skip": SKIP,
         "ms": result, "elapsed_s": round(time.time() - t0, 1),
     }, indent=1))
     print(f"report: {out}")

@@ -7,6 +7,7 @@ implement the protocols in ``pipeline/stages.py``; ``create_backend`` is where i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.stages import FaceDetectorStage, LandmarkStage, SegmenterStage
@@ -19,13 +20,22 @@ class Backend:
     segmenter: SegmenterStage | None
 
 
-def create_backend(name: str = "onnxruntime", *, detect_width: int = 640, segmentation: bool = True, **options: Any) -> Backend:
+def create_backend(
+    name: str = "onnxruntime",
+    *,
+    detect_width: int = 640,
+    segmentation: bool = True,
+    models_dir: str | Path | None = None,
+    **options: Any,
+) -> Backend:
+    """``models_dir``: another folder of model files with its MANIFEST.json (default
+    ``pipeline/models``); benchmarks use it to compare two exports in one run."""
     if name == "onnxruntime":
         from pipeline.backends.onnx import OnnxLandmarker, OnnxSegmenter, YuNetDetector
 
         return Backend(
-            detector=YuNetDetector(detect_width=detect_width, **options),
-            landmarker=OnnxLandmarker(),
-            segmenter=OnnxSegmenter() if segmentation else None,
+            detector=YuNetDetector(detect_width=detect_width, models_dir=models_dir, **options),
+            landmarker=OnnxLandmarker(models_dir=models_dir),
+            segmenter=OnnxSegmenter(models_dir=models_dir) if segmentation else None,
         )
     raise ValueError(f"unknown pipeline backend {name!r}; only 'onnxruntime' is available on this build")

@@ -27,3 +27,26 @@ def test_both_configs_are_timed_stage_by_stage(tmp_path: Path, capsys: pytest.Ca
     # A segments every frame but the detector's; B reuses its first mask: the stage clock must show it
     assert a["segment"]["p50"] > 0.5 and b["segment"]["p50"] < 0.1
     assert "B/A p50" in capsys.readouterr().out
+
+
+def test_two_model_folders_compared(tmp_path: Path) -> None:
+    try:
+        L.resolve_eval_dir()
+    except L.EvalMediaMissing as exc:
+        pytest.skip(str(exc))
+    import shutil
+
+    from pipeline.onnx_models import MODELS_DIR
+
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, copy)
+    out = tmp_path / "ab.json"
+    assert pipeline_ab.main(["--models-b", str(copy), "--clips", "lp_s18", "--frames", "8", "--rounds", "1",
+                             "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["models"] == {"A": None, "B": str(copy)}
+    assert report["ms"]["B"]["landmarks"]["n"] == 8 - pipeline_ab.SKIP
+    (copy / "face_landmark.onnx").write_bytes(b"tampered")
+    with pytest.raises(Exception, match="face_landmark"):
+        pipeline_ab.main(["--models-b", str(copy), "--clips", "lp_s18", "--frames", "8", "--rounds", "1",
+                          "--out", str(out)])

@@ -244,3 +244,15 @@ def test_face_mesh_triangles():
     assert len(groups["face_oval"]["loops"]) == 1 and len(groups["face_oval"]["loops"][0]) == 36
     assert 61 in mesh["lips_outer_loop"] and 291 in mesh["lips_outer_loop"]
     assert 78 in mesh["lips_inner_loop"] and 308 in mesh["lips_inner_loop"] and 13 in mesh["lips_inner_loop"]
+
+
+def test_backend_loads_from_the_folder_it_is_given(tmp_path):
+    from pipeline.backends import create_backend
+
+    models = _copy_models(tmp_path, "selfie_segmentation_landscape")
+    with pytest.raises(ModelIntegrityError, match="missing"):  # the detector is not in that folder
+        create_backend(models_dir=models)
+    for name in ("face_detection_yunet_2023mar_dynamic", "face_landmark"):
+        shutil.copy2(onnx_models.MODELS_DIR / f"{name}.onnx", models / f"{name}.onnx")
+    backend = create_backend(models_dir=models)
+    assert backend.segmenter is not None and backend.segmenter.input_hw == (144, 256)
