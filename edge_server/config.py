@@ -86,6 +86,8 @@ class PipelineConfig:
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped
+    max_yaw_deg: float = 40.0  # a head turned further than this (left or right) is covered, not swapped:
+    # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
     deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one
     segmentation: bool = True  # person mask: covers heads whose face was not found

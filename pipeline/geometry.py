@@ -34,6 +34,17 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
     return s, r, mu_d - s * mu_s @ r.T
 
 
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
+
+
+def yaw_degrees(points: np.ndarray) -> float:
+    """How far the head is turned left or right, from the 3D face mesh (468x3, z in the same
+    units as x and y): the angle of the line between the outer eye corners out of the image
+    plane. 0 faces the camera; the sign says which way. Roll does not change it."""
+    d = np.asarray(points[LEFT_EYE_OUTER, :3], np.float64) - np.asarray(points[RIGHT_EYE_OUTER, :3], np.float64)
+    return float(np.degrees(np.arctan2(d[2], np.hypot(d[0], d[1]))))
+
+
 @lru_cache(maxsize=1)
 def inner_weights(ramp: float = 0.15) -> np.ndarray:
     """Per-landmark weight: 0 on the face oval, rising to 1 at ``ramp`` face widths inside."""

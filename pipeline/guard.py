@@ -28,6 +28,7 @@ COVER_REASONS = (
     "no_landmarks",  # rule 2: the detector found a face the landmark model rejects
     "person_no_face",  # rule 4
     "small_face",  # too small to swap: covered instead
+    "turned_face",  # head turned too far for a frontal persona: covered instead
     "persona_pending",  # a new face whose persona is still being painted
     "error",  # rule 3: a stage raised
     "deadline",  # rule 3: the frame was not masked in time

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.backends import Backend, create_backend
 from pipeline.cover import cover, cover_i420, write_rgb_region
-from pipeline.geometry import NeutralShape
+from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
 from pipeline.persona import Persona
 from pipeline.tracking import FaceTracker, grow_box
@@ -38,6 +38,7 @@ COVER_MODES = ("blur", "pixelate")
 SWAP_MARGIN = 0.3  # region around a face box handed to the swap (room for the feather)
 HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
+YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
 
 
 class FaceMasker:
@@ -73,6 +74,8 @@ class FaceMasker:
             if not 1.0 <= config.face_grow <= 1.5:
                 raise ValueError(f"pipeline.face_grow must be in 1.0..1.5, got {config.face_grow!r}")
             swapper = MeshSwapper(grow=config.face_grow)
+        if not 10.0 <= config.max_yaw_deg <= 90.0:
+            raise ValueError(f"pipeline.max_yaw_deg must be in 10..90 (90: never), got {config.max_yaw_deg!r}")
         self.swapper = swapper
         self.on_cover = on_cover
         self.on_timings = on_timings
@@ -90,6 +93,7 @@ class FaceMasker:
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int] | None = None
         self._shapes: dict[int, NeutralShape] = {}
+        self._turned: set[int] = set()  # tracks covered because the head is turned away
         self.neutralize = neutralize
         self._last_output: tuple[np.ndarray, float] | None = None
         if mode in SWAP_MODES:
@@ -179,6 +183,22 @@ class FaceMasker:
             self._holder = largest.id
         return self._holder
 
+    def _is_turned(self, track: Any) -> bool:
+        """Privacy over looks: past ``max_yaw_deg`` the frontal persona covers only part of a
+        three-quarter face and its live profile, ear and hair still identify it (crowd_1080p's
+        remaining leaks were such faces, at 51-55 degrees; talking heads stay under 27). The
+        face is covered instead, until it turns back under the limit less a margin."""
+        limit = float(self.config.max_yaw_deg)
+        if limit >= 90.0:
+            return False
+        yaw = abs(yaw_degrees(track.landmarks))
+        if track.id in self._turned:
+            if yaw < limit - YAW_HYSTERESIS_DEG:
+                self._turned.discard(track.id)
+        elif yaw > limit:
+            self._turned.add(track.id)
+        return track.id in self._turned
+
     def _frame_time(self, frame: av.VideoFrame) -> float:
         """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
         if frame.pts is None or frame.time_base is None:
@@ -230,6 +250,7 @@ class FaceMasker:
         tracker.expire(now)
         live_ids = {tr.id for tr in tracker.tracks}
         self._shapes = {k: v for k, v in self._shapes.items() if k in live_ids}
+        self._turned &= live_ids
         timings["landmarks"] += time.perf_counter() - t
 
         uncovered_heads: list[np.ndarray] = []
@@ -276,6 +297,9 @@ class FaceMasker:
                 continue
             if track.size < cfg.min_face_px or track.landmarks is None:
                 cover_box(grow_box(track.box, 0.2, (h, w)), "small_face")
+                continue
+            if self._is_turned(track):
+                cover_box(grow_box(track.box, HELD_MARGIN, (h, w)), "turned_face")
                 continue
             r = region(grow_box(track.box, SWAP_MARGIN, (h, w)))
             if r is None:

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.geometry import NeutralShape, inner_weights, similarity
-from pipeline.persona import canonical_layout, face_mesh_topology
+from pipeline.geometry import NeutralShape, inner_weights, similarity, yaw_degrees
+from pipeline.persona import canonical_layout, canonical_vertices, face_mesh_topology
 
 OVAL = face_mesh_topology().face_oval
 UPPER_LIP, LOWER_LIP = 13, 14
@@ -60,3 +60,22 @@ def test_expressions_still_drive_the_persona():
     out = shape.target(open_mouth, persona, now=1.04)
     gap = np.linalg.norm(out[LOWER_LIP] - out[UPPER_LIP])
     assert gap > neutral_gap + 15, "an opening mouth must open the persona's mouth"
+
+
+def _turned_head(yaw: float, roll: float = 0.0) -> np.ndarray:
+    """The canonical 3D face in image axes (x right, y down, z away), turned and tilted."""
+    v = canonical_vertices().astype(np.float64) * np.array([1.0, -1.0, -1.0]) * 20.0
+    a, b = math.radians(yaw), math.radians(roll)
+    turn = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    tilt = np.array([[math.cos(b), -math.sin(b), 0], [math.sin(b), math.cos(b), 0], [0, 0, 1]])
+    return v @ turn.T @ tilt.T + np.array([640.0, 360.0, 0.0])
+
+
+@pytest.mark.parametrize("yaw", [-60.0, -35.0, 0.0, 20.0, 50.0])
+def test_yaw_reads_how_far_the_head_is_turned(yaw):
+    assert abs(yaw_degrees(_turned_head(yaw))) == pytest.approx(abs(yaw), abs=1.0)
+    assert yaw_degrees(_turned_head(yaw, roll=25.0)) == pytest.approx(yaw_degrees(_turned_head(yaw)), abs=1.0)  # a tilt is not a turn
+
+
+def test_yaw_sign_tells_the_two_sides_apart():
+    assert yaw_degrees(_turned_head(45.0)) * yaw_degrees(_turned_head(-45.0)) < 0

@@ -7,6 +7,7 @@ must never come back, whatever the stages do. Needs ../shared/eval (real faces).
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import Counter
@@ -370,6 +371,48 @@ class _RecordingSwapper:
         xy = np.asarray(points)[:, :2]
         self.calls.append((persona.id, persona.kind, float(np.ptp(xy, axis=0).max())))
         self.inner.swap(region, points, persona)
+
+
+def _turn(points: np.ndarray, degrees: float) -> np.ndarray:
+    """The mesh turned about the vertical axis through its centre (x and depth mix)."""
+    a = math.radians(degrees)
+    c = points.mean(axis=0)
+    p = points - c
+    x = p[:, 0] * math.cos(a) + p[:, 2] * math.sin(a)
+    z = -p[:, 0] * math.sin(a) + p[:, 2] * math.cos(a)
+    return (np.stack([x, p[:, 1], z], axis=1) + c).astype(np.float32)
+
+
+def test_a_head_turned_too_far_is_covered_then_swapped_again(backend, face_frames, face_boxes):
+    """Frames 4-11: the landmark model reports the head turned 60 degrees (injected on the
+    real points). Those frames are covered, counted, and not swapped; once the head turns
+    back the persona returns."""
+    turned = _Wrap(backend.landmarker, lambda f, rgb, roi: FaceLandmarks(_turn(f(rgb, roi).points, 60.0), 1.0), calls=set(range(4, 12)))
+    swapper = _RecordingSwapper()
+    seen: Counter = Counter()
+    turned.armed = False
+    masker = FaceMasker(_config(), mode="anonymize", backend=Backend(backend.detector, turned, backend.segmenter),
+                        swapper=swapper, on_cover=lambda r: seen.update([r]), seed=7)
+    turned.armed = True
+    swapped = []
+    try:
+        for i, (f, box) in enumerate(zip(face_frames, face_boxes)):
+            swapper.calls.clear()
+            out = masker.process(f)
+            assert_face_masked(f, out, box, f"frame {i}")
+            swapped.append(len(swapper.calls))
+        assert seen["turned_face"] >= 4
+        assert turned.n > 12, "the landmark model must have run after the turn"
+        assert sum(swapped[6:12]) == 0, f"a turned head was swapped: {swapped}"
+        assert all(n == 1 for n in swapped[-6:]), f"the persona did not come back: {swapped}"
+    finally:
+        masker.close()
+
+
+@pytest.mark.parametrize("yaw", [5.0, 95.0])
+def test_max_yaw_out_of_range_is_refused(backend, yaw):
+    with pytest.raises(ValueError, match="max_yaw_deg"):
+        FaceMasker(_config(max_yaw_deg=yaw), mode="anonymize", backend=backend)
 
 
 def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
