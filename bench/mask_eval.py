@@ -108,6 +108,12 @@ DEFINITIONS = {
         "rates and 'cosine' are over identifiable faces only ('*_ungated' keeps every face)"
     ),
     "leak": f"identifiable AND cosine >= {L.LEAK_COSINE}",
+    "stranger_cosine": (
+        "the recognizer's floor on the same footage: cosine between the aligned INPUT faces of two different "
+        "people in the same frame (both identifiable, both >= 40 px); 'share_at_leak' is the share of such pairs at "
+        f"or above {L.LEAK_COSINE}. A masked face that leaks no more often than two strangers do is as far from the "
+        "creator as another person is, by this recognizer at this size"
+    ),
     "unchanged": f"mean |output - input| over the input face box (0-255, all channels) < {L.UNCHANGED_MEAN_ABS_DIFF}",
     "unmasked_face": "leak OR unchanged",
     "unmasked_frame_share": "frames with at least one unmasked face / frames where the independent detector found a face",
@@ -295,8 +301,11 @@ class FaceResult:
         return self.leak or self.unchanged
 
 
-def identity_cosines(in_rgb: np.ndarray, out_rgb: np.ndarray, kps: list[np.ndarray], recognizer: L.Recognizer) -> tuple[np.ndarray, np.ndarray]:
-    """(output-vs-input cosine, input-vs-blurred-input cosine) per face, aligned by the input keypoints."""
+def identity_cosines(
+    in_rgb: np.ndarray, out_rgb: np.ndarray, kps: list[np.ndarray], recognizer: L.Recognizer
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(output-vs-input cosine, input-vs-blurred-input cosine, the input embeddings) per face,
+    aligned by the input keypoints."""
     mats = [L.alignment_matrix(k) for k in kps]
     a_in = [L.align_face(in_rgb, matrix=m) for m in mats]
     a_out = [L.align_face(out_rgb, matrix=m) for m in mats]
@@ -304,14 +313,24 @@ def identity_cosines(in_rgb: np.ndarray, out_rgb: np.ndarray, kps: list[np.ndarr
     emb = recognizer.embed(np.stack(a_in + a_out + a_ref))
     n = len(mats)
     e_in, e_out, e_ref = emb[:n], emb[n : 2 * n], emb[2 * n :]
-    return (e_in * e_out).sum(1), (e_in * e_ref).sum(1)
+    return (e_in * e_out).sum(1), (e_in * e_ref).sum(1), e_in
 
 
-def judge_faces(in_rgb: np.ndarray, out_rgb: np.ndarray, faces: list[L.Face], tools: Tools, *, expression: bool = True) -> list[FaceResult]:
-    """For each input face: identity cosine, box change, landmark error of the output vs the input."""
+def judge_faces(
+    in_rgb: np.ndarray, out_rgb: np.ndarray, faces: list[L.Face], tools: Tools, *, expression: bool = True,
+    strangers: list[float] | None = None,
+) -> list[FaceResult]:
+    """For each input face: identity cosine, box change, landmark error of the output vs the input.
+
+    ``strangers``: if given, gets the cosine of every pair of different input faces in the
+    frame (both identifiable and >= 40 px): the recognizer's floor (DEFINITIONS['stranger_cosine']).
+    """
     if not faces:
         return []
-    cos, self_blur = identity_cosines(in_rgb, out_rgb, [f.kps for f in faces], tools.recognizer)
+    cos, self_blur, e_in = identity_cosines(in_rgb, out_rgb, [f.kps for f in faces], tools.recognizer)
+    if strangers is not None:
+        ok = [i for i, f in enumerate(faces) if self_blur[i] < L.LEAK_COSINE and f.size >= 40]
+        strangers.extend(float(e_in[a] @ e_in[b]) for k, a in enumerate(ok) for b in ok[k + 1 :])
     results = []
     for i, f in enumerate(faces):
         diff = L.box_mean_abs_diff(in_rgb, out_rgb, f.box)
@@ -505,6 +524,7 @@ class ClipResult:
     frames_with_unmasked_face: int = 0
     faces: list[FaceResult] = field(default_factory=list)
     flicker: list[float] = field(default_factory=list)
+    strangers: list[float] = field(default_factory=list)  # cosine of two different people's input faces
     counters: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # the processor's own counters (e.g. covered frames by reason)
     timing: TimingStats = field(default_factory=TimingStats)
@@ -517,11 +537,16 @@ class ClipResult:
             width=self.width, height=self.height, frames=self.frames, frames_with_face=self.frames_with_face,
             frames_with_unmasked_face=self.frames_with_unmasked_face,
             unmasked_frame_share=_share(self.frames_with_unmasked_face, self.frames_with_face),
-            flicker_ratio=L.percentiles(self.flicker), errors=dict(self.counters), processor_events=dict(self.events),
+            flicker_ratio=L.percentiles(self.flicker), stranger_cosine=stranger_summary(self.strangers),
+            errors=dict(self.counters), processor_events=dict(self.events),
             timing_native=self.timing.summary(),
             timing_1280x720=self.timing_720p.summary() if self.timing_720p is not None else None,
         )
         return d
+
+
+def stranger_summary(values: list[float]) -> dict[str, Any]:
+    return {**L.percentiles(values, (50, 95, 99)), "share_at_leak": _share(sum(v >= L.LEAK_COSINE for v in values), len(values))}
 
 
 def _share(a: int, b: int) -> float | None:
@@ -594,7 +619,7 @@ def evaluate_clip(
                 continue
             faces = tools.detector.detect(in_rgb)
             if faces:
-                judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression)
+                judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers)
                 result.faces.extend(judged)
                 result.frames_with_face += 1
                 if any(f.unmasked for f in judged):
@@ -690,7 +715,7 @@ def evaluate_images(eval_dir: Path, tools: Tools, make_processor: Callable[[], A
                 diff = L.box_mean_abs_diff(rgb, out_rgb, gt)
                 cos = self_blur = None
                 if ind_match[gi] is not None:
-                    c, sb = identity_cosines(rgb, out_rgb, [ind[ind_match[gi]].kps], tools.recognizer)
+                    c, sb, _ = identity_cosines(rgb, out_rgb, [ind[ind_match[gi]].kps], tools.recognizer)
                     cos, self_blur = float(c[0]), float(sb[0])
                 leak = cos is not None and self_blur < L.LEAK_COSINE and cos >= L.LEAK_COSINE
                 unmasked = bool(diff < L.UNCHANGED_MEAN_ABS_DIFF or leak)
@@ -906,6 +931,11 @@ def print_summary(report: dict[str, Any]) -> None:
           f"{_fmt(o['expression_error']['mean'], '.3f')}/{_fmt(o['expression_error']['p95'], '.3f')} "
           f"(eyes, brows, lips {_fmt(o['expression_error_features']['mean'], '.3f')}/{_fmt(o['expression_error_features']['p95'], '.3f')}) "
           f"(output face lost {o['expression_error']['output_face_lost']}); flicker ratio p50 {_fmt(o['flicker_ratio']['p50'])}")
+    st = o.get("stranger_cosine") or {}
+    if st.get("n"):
+        print(f"strangers (two different people's input faces in one frame, {st['n']} pairs): cosine p50/p95/p99/max "
+              f"{_fmt(st['p50'])}/{_fmt(st['p95'])}/{_fmt(st['p99'])}/{_fmt(st['max'])}, share at the leak line "
+              f"{_fmt(st['share_at_leak'], '.4f')} (the masked faces' leak rate above: {_fmt(o['leak_rate'], '.4f')})")
     if o.get("processor_events") or o.get("errors"):
         print(f"processor events: {o.get('processor_events') or {}}; bench-side errors: {o.get('errors') or {}}")
 
@@ -997,6 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         clips=len(results), frames=sum(r.frames for r in results), frames_with_face=frames_face,
         frames_with_unmasked_face=frames_unmasked, unmasked_frame_share=_share(frames_unmasked, frames_face),
         flicker_ratio=L.percentiles([x for r in results for x in r.flicker]),
+        stranger_cosine=stranger_summary([x for r in results for x in r.strangers]),
         leak_rate_per_clip={r.name: face_summary(r.faces)["leak_rate"] for r in results},
         errors={k: sum(r.counters.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.counters})},
         processor_events={k: sum(r.events.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.events})},

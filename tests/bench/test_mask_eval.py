@@ -130,6 +130,16 @@ def test_identity_standin_leaks_everything(eval_dir: Path, tools: M.Tools) -> No
     assert s["flicker_ratio"]["p50"] == pytest.approx(1.0)
 
 
+def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: M.Tools) -> None:
+    crowd = M.evaluate_clip(_clip(eval_dir, "crowd_1080p"), M.IdentityStandin, tools, 4, bench_720p=False, expression=False)
+    st = crowd.summary()["stranger_cosine"]
+    assert st["n"] >= 4, "the crowd has several identifiable people per frame"
+    assert st["p50"] < L.LEAK_COSINE and st["max"] < 0.9, "two different people must not embed as one"
+    assert 0.0 <= st["share_at_leak"] <= 1.0
+    single = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.IdentityStandin, tools, 3, bench_720p=False, expression=False)
+    assert single.summary()["stranger_cosine"]["n"] == 0  # one person: no pairs
+
+
 def test_blur_standin_leaks_nothing(eval_dir: Path, tools: M.Tools) -> None:
     r = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.BlurStandin, tools, 8, bench_720p=True, expression=False)
     s = r.summary()
