@@ -439,14 +439,16 @@ def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
             out = masker.process(frame)
             for box in boxes:
                 assert_face_masked(frame, out, box, "group photo")
-            if len(swapper.calls) == 6:
+            if len(swapper.calls) == 5:
                 break
+        # one of the six (top middle) looks 44 degrees to the side: covered, not swapped
+        assert masker.events["turned_face"] >= 1
         faces = swapper.calls
-        assert len(faces) == 6
+        assert len(faces) == 5
         largest = max(faces, key=lambda c: c[2])
         assert largest[0] == "builtin-anime"
         others = [c for c in faces if c is not largest]
         assert all(c[1] == "ephemeral" for c in others)
-        assert len({c[0] for c in others}) == 5, "every other face is a different nobody"
+        assert len({c[0] for c in others}) == 4, "every other face is a different nobody"
     finally:
         masker.close()
