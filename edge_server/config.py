@@ -85,6 +85,7 @@ class PipelineConfig:
     # node's CPU per stream rose in the relay bench (docs/benchmarks.md); off until that is understood
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
+    persona_shape: float = 1.0  # how far the persona's own proportions replace the creator's (0..1)
     min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped
     max_yaw_deg: float = 40.0  # a head turned further than this (left or right) is covered, not swapped:
     # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it

@@ -8,7 +8,9 @@ far closer to the original than a flat fill of the same oval did). So each face'
 is learnt as a slow running mean (in a pose-normalised frame) and the persona is driven
 by the live shape's deviation from it: out = live + alpha * w * (persona - neutral),
 mapped back into the frame. ``w`` is 0 on the face oval (the swapped region still covers
-exactly the live face) and rises to 1 inside, so only the inner features move.
+exactly the live face) and rises to 1 inside, so only the inner features move. ``alpha``
+is ``pipeline.persona_shape``: at 0.85 one throwaway persona on lp_s32 still matched her
+in 10 of 90 frames; at 1.0 (the default) none did (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def inner_weights(ramp: float = 0.15) -> np.ndarray:
 class NeutralShape:
     """One tracked face's neutral shape, learnt over time, and the persona-driven target points."""
 
-    def __init__(self, time_constant_s: float = 3.0, alpha: float = 0.85) -> None:
+    def __init__(self, time_constant_s: float = 3.0, alpha: float = 1.0) -> None:
         self.time_constant_s = time_constant_s
         self.alpha = alpha
         self._neutral: np.ndarray | None = None

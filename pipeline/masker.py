@@ -74,6 +74,8 @@ class FaceMasker:
             if not 1.0 <= config.face_grow <= 1.5:
                 raise ValueError(f"pipeline.face_grow must be in 1.0..1.5, got {config.face_grow!r}")
             swapper = MeshSwapper(grow=config.face_grow)
+        if not 0.0 <= config.persona_shape <= 1.0:
+            raise ValueError(f"pipeline.persona_shape must be in 0..1, got {config.persona_shape!r}")
         if not 10.0 <= config.max_yaw_deg <= 90.0:
             raise ValueError(f"pipeline.max_yaw_deg must be in 10..90 (90: never), got {config.max_yaw_deg!r}")
         self.swapper = swapper
@@ -312,7 +314,7 @@ class FaceMasker:
                 cover_box(grow_box(track.box, 0.2, (h, w)), "persona_pending")
                 continue
             if self.neutralize:
-                shape = self._shapes.setdefault(track.id, NeutralShape())
+                shape = self._shapes.setdefault(track.id, NeutralShape(alpha=cfg.persona_shape))
                 points = shape.target(track.landmarks, persona.landmarks, now) - np.array([x0, y0], np.float32)
             self.swapper.swap(patch, points, persona)
             rgb[y0:y1, x0:x1] = patch

@@ -409,10 +409,50 @@ def test_a_head_turned_too_far_is_covered_then_swapped_again(backend, face_frame
         masker.close()
 
 
-@pytest.mark.parametrize("yaw", [5.0, 95.0])
-def test_max_yaw_out_of_range_is_refused(backend, yaw):
-    with pytest.raises(ValueError, match="max_yaw_deg"):
-        FaceMasker(_config(max_yaw_deg=yaw), mode="anonymize", backend=backend)
+class _PointsSwapper:
+    """The real swapper, keeping the points each swap was asked to draw and the live ones."""
+
+    def __init__(self, masker_ref: list) -> None:
+        from pipeline.swap import MeshSwapper
+
+        self.inner, self.masker_ref, self.moved = MeshSwapper(), masker_ref, []
+
+    def swap(self, region, points, persona) -> None:
+        track = self.masker_ref[0].tracker.tracks[0]
+        live = track.landmarks[:, :2]
+        drawn = np.asarray(points)[:, :2]
+        # the points arrive in region px: undo the region's origin through the face oval,
+        # which persona_shape never moves (weight 0 there)
+        from pipeline.persona import face_mesh_topology
+
+        oval = face_mesh_topology().face_oval
+        shift = (live[oval] - drawn[oval]).mean(axis=0)
+        self.moved.append(float(np.abs(drawn + shift - live).max() / max(np.ptp(live[:, 0]), 1.0)))
+        self.inner.swap(region, points, persona)
+
+
+@pytest.mark.parametrize("shape", [0.0, 1.0])
+def test_persona_shape_sets_how_far_the_features_move(backend, face_frames, shape):
+    ref: list = []
+    swapper = _PointsSwapper(ref)
+    masker = FaceMasker(_config(persona_shape=shape), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+    ref.append(masker)
+    try:
+        for f in face_frames[:4]:
+            masker.process(f)
+        assert swapper.moved, "the face should have been swapped"
+        if shape == 0.0:
+            assert max(swapper.moved) < 1e-4, "persona_shape 0 must draw the creator's own geometry"
+        else:
+            assert min(swapper.moved) > 0.01, "persona_shape 1 must move the features to the persona's proportions"
+    finally:
+        masker.close()
+
+
+@pytest.mark.parametrize("key, value", [("max_yaw_deg", 5.0), ("max_yaw_deg", 95.0), ("persona_shape", -0.1), ("persona_shape", 1.5)])
+def test_out_of_range_knobs_are_refused(backend, key, value):
+    with pytest.raises(ValueError, match=key):
+        FaceMasker(_config(**{key: value}), mode="anonymize", backend=backend)
 
 
 def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
