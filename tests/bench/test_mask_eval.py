@@ -140,6 +140,12 @@ def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: 
     assert single.summary()["stranger_cosine"]["n"] == 0  # one person: no pairs
 
 
+def test_standins_track_no_faces_on_the_photos(eval_dir: Path, tools: M.Tools) -> None:
+    images = M.evaluate_images(eval_dir, tools, M.IdentityStandin, 640)
+    assert images["pipeline_face_recall"]["recall"] == 0.0  # a processor without a tracker found nothing
+    assert images["recall"]["recall"] > 0.9  # the detector recall does not depend on the processor
+
+
 def test_blur_standin_leaks_nothing(eval_dir: Path, tools: M.Tools) -> None:
     r = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.BlurStandin, tools, 8, bench_720p=True, expression=False)
     s = r.summary()
@@ -191,6 +197,9 @@ def test_real_masker_quick(eval_dir: Path, tmp_path: Path) -> None:
     # 37-53 px faces with a random persona score cosines around 0.3, so a rare one crosses
     # 0.35 (different real people at that size: p99 0.32); allow that, not more.
     assert photos["leak_faces"] <= 0.1 * photos["annotated_faces"], photos
+    # the masker's own face boxes: every hand-boxed face it masks is one it tracks
+    faces, det = report["images"]["pipeline_face_recall"], report["images"]["recall"]
+    assert faces["boxes"] == det["boxes"] == 43 and faces["recall"] >= 0.9, faces
     assert report["timing"]["native"]["frames"] > 0
 
 
