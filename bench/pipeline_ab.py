@@ -44,17 +44,13 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _processor(overrides: list[str], seed: int, models_dir: str | None):
-    from pipeline.backends import create_backend
+    from pipeline.backends import backend_for
     from pipeline.factory import build_processor
 
     config = pipeline_config(overrides + ["deadline_ms=0"])
     if models_dir is None:
         return build_processor(config, "anonymize", seed=seed)
-    backend = create_backend(
-        detect_width=config.detect_width, segmentation=config.segmentation,
-        score_threshold=config.detect_score, models_dir=models_dir,
-    )
-    return build_processor(config, "anonymize", seed=seed, backend=backend)
+    return build_processor(config, "anonymize", seed=seed, backend=backend_for(config, models_dir))
 
 
 def run(

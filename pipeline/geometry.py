@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from pipeline.persona import canonical_layout, face_mesh_topology
+from pipeline.tracking import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -34,9 +35,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
     var = (a * a).sum() / len(src)
     s = float((sig * np.diag(fix)).sum() / var) if var > 0 else 1.0
     return s, r, mu_d - s * mu_s @ r.T
-
-
-RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 
 
 def yaw_degrees(points: np.ndarray) -> float:

@@ -23,7 +23,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.backends import Backend, create_backend
+from pipeline.backends import Backend, backend_for
 from pipeline.cover import cover, cover_i420, write_rgb_region
 from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
@@ -65,9 +65,7 @@ class FaceMasker:
         self.config = config
         self.mode = mode
         self.persona = persona
-        self.backend = backend or create_backend(
-            detect_width=config.detect_width, segmentation=config.segmentation, score_threshold=config.detect_score
-        )
+        self.backend = backend or backend_for(config)
         if swapper is None and mode in SWAP_MODES:
             from pipeline.swap import MeshSwapper
 

@@ -39,3 +39,13 @@ def create_backend(
             segmenter=OnnxSegmenter(models_dir=models_dir) if segmentation else None,
         )
     raise ValueError(f"unknown pipeline backend {name!r}; only 'onnxruntime' is available on this build")
+
+
+def backend_for(config: Any, models_dir: str | Path | None = None) -> Backend:
+    """The backend a ``PipelineConfig`` asks for (the masker's default; benchmarks add ``models_dir``)."""
+    return create_backend(
+        detect_width=config.detect_width,
+        segmentation=config.segmentation,
+        score_threshold=config.detect_score,
+        models_dir=models_dir,
+    )
