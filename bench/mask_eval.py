@@ -333,9 +333,6 @@ def judge_faces(
     if not faces:
         return []
     cos, self_blur, e_in = identity_cosines(in_rgb, out_rgb, [f.kps for f in faces], tools.recognizer)
-    if strangers is not None:
-        ok = [i for i, f in enumerate(faces) if self_blur[i] < L.LEAK_COSINE and f.size >= 40]
-        strangers.extend(float(e_in[a] @ e_in[b]) for k, a in enumerate(ok) for b in ok[k + 1 :])
     results = []
     for i, f in enumerate(faces):
         diff = L.box_mean_abs_diff(in_rgb, out_rgb, f.box)
@@ -355,6 +352,9 @@ def judge_faces(
                 expression_error=err, feature_error=ferr, input_presence=pin, output_presence=pout,
             )
         )
+    if strangers is not None:
+        ok = [i for i, r in enumerate(results) if r.identifiable and r.size >= 40]
+        strangers.extend(float(e_in[a] @ e_in[b]) for k, a in enumerate(ok) for b in ok[k + 1 :])
     return results
 
 
