@@ -64,16 +64,3 @@ def cover_i420(yuv: np.ndarray, height: int, width: int, style: str = "pixelate"
             plane[:] = pixelate(plane, FRAME_BLOCKS if i == 0 else FRAME_BLOCKS // 2)
         else:
             plane[:] = blur(plane)
-
-
-def write_rgb_region(yuv: np.ndarray, height: int, width: int, x0: int, y0: int, rgb: np.ndarray) -> None:
-    """Write an RGB patch (even origin and size) into an I420 frame in place."""
-    h, w = rgb.shape[:2]
-    if h < 2 or w < 2:
-        return
-    patch = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
-    py, pu, pv = i420_planes(patch, h, w)
-    fy, fu, fv = i420_planes(yuv, height, width)
-    fy[y0 : y0 + h, x0 : x0 + w] = py
-    fu[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = pu
-    fv[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = pv

@@ -6,8 +6,9 @@ landmarks of the faces already tracked) -> landmarks for each tracked face (crop
 its previous landmarks; a new face's from its detection) -> One Euro smoothing ->
 person segmentation -> swap each face with its persona (or cover it, in blur/pixelate
 mode) -> cover what the privacy guard says.
-Only the regions that change are converted back to YUV, so an untouched pixel leaves
-exactly as it came in.
+The frame stays yuv420p: RGB is made only around the faces and, small, for the detector
+and the segmenter (``pipeline/frame_io.py``), and only the regions that change are
+converted back, so an untouched pixel leaves exactly as it came in.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import cv2
 import numpy as np
 
 from pipeline.backends import Backend, backend_for
-from pipeline.cover import cover, cover_i420, write_rgb_region
+from pipeline.cover import cover, cover_i420
+from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, plane_views, write_rgb_planes
 from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
 from pipeline.persona import Persona
@@ -95,7 +97,8 @@ class FaceMasker:
         self._shapes: dict[int, NeutralShape] = {}
         self._turned: set[int] = set()  # tracks covered because the head is turned away
         self.neutralize = neutralize
-        self._last_output: tuple[np.ndarray, float] | None = None
+        self._last_output: tuple[av.VideoFrame, float] | None = None
+        self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
         if mode in SWAP_MODES:
             self._ephemeral(0, wait=True)  # the first face should not wait for its persona
             for slot in (1, 2):
@@ -213,22 +216,37 @@ class FaceMasker:
         h, w = frame.height, frame.width
         yuv_path = frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
         t = time.perf_counter()
-        rgb = frame.to_ndarray(format="rgb24")
-        yuv = frame.to_ndarray() if yuv_path else None
+        out_planes = None
+        if yuv_path:
+            out, out_planes = copy_frame(frame)
+            img: LazyRgb | FullRgb = LazyRgb(plane_views(frame), self._rgb_buffer)
+            self._rgb_buffer = img.rgb
+        else:
+            img = FullRgb(frame.to_ndarray(format="rgb24"))
+        rgb = img.rgb
         timings["convert"] = time.perf_counter() - t
 
         tracker = self.tracker
         detected = self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection()
         self.frames += 1
 
+        detector = self.backend.detector
+        small = None
+        if detected:
+            t = time.perf_counter()
+            small = img.scaled(*detector.input_size(h, w))  # before any stage writes into rgb
+            timings["detect"] = time.perf_counter() - t
+
         def detect() -> tuple[list, float]:
             t0 = time.perf_counter()
-            return self.backend.detector.detect(rgb), time.perf_counter() - t0
+            return detector.detect(small, (h, w)), time.perf_counter() - t0
 
         def follow(tracks: list) -> float:
             t0 = time.perf_counter()
+            lm = self.backend.landmarker
             for track in tracks:
-                tracker.update(track, self.backend.landmarker.landmarks(rgb, track.roi), now)
+                crop = img.warp(lm.crop_matrix(track.roi), lm.input_size)
+                tracker.update(track, lm.landmarks_from_crop(crop, track.roi), now)
             return time.perf_counter() - t0
 
         # With parallel_detect the detector runs beside the landmarks of the faces already
@@ -238,7 +256,8 @@ class FaceMasker:
         timings["landmarks"] = follow(list(tracker.tracks))
         detections = []
         if detected:
-            detections, timings["detect"] = job.result() if job is not None else detect()
+            detections, took = job.result() if job is not None else detect()
+            timings["detect"] += took
             self._detected_once = True
             tracker.refresh_holds(detections, now)
             known = {tr.id for tr in tracker.tracks}
@@ -264,8 +283,8 @@ class FaceMasker:
                 mask = last[0]
             else:
                 sh, sw = self.backend.segmenter.input_hw
-                small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_LINEAR)  # AREA costs 1 ms here
-                mask = self.backend.segmenter.segment(small, (h, w))
+                small_seg = img.scaled(sw, sh, cv2.INTER_LINEAR)  # AREA costs 0.7 ms more here
+                mask = self.backend.segmenter.segment(small_seg, (h, w))
                 self._last_mask = (mask, self.frames)
             faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
             uncovered_heads = heads_without_faces(mask, faces)
@@ -278,6 +297,7 @@ class FaceMasker:
             x1, y1 = min(w, int(np.ceil(box[2]) + 1) & ~1), min(h, int(np.ceil(box[3]) + 1) & ~1)
             if x1 - x0 < 2 or y1 - y0 < 2:
                 return None
+            img.ensure(x0, y0, x1, y1)
             rects.append((x0, y0, x1, y1))
             return x0, y0, x1, y1
 
@@ -329,10 +349,9 @@ class FaceMasker:
         if not self._detected_once:  # unreachable unless the detector raised; kept as the rule says
             self._count("no_detection_yet")
             out = self._covered(frame)
-        elif yuv is not None:
+        elif out_planes is not None:
             for x0, y0, x1, y1 in rects:
-                write_rgb_region(yuv, h, w, x0, y0, rgb[y0:y1, x0:x1])
-            out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+                write_rgb_planes(out_planes, x0, y0, rgb[y0:y1, x0:x1])
         else:
             out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=frame.format.name)
         _keep_timing(out, frame)
@@ -341,8 +360,8 @@ class FaceMasker:
         self.last_timings = {k: v * 1000.0 for k, v in timings.items()}
         if self.on_timings is not None:
             self.on_timings(self.last_timings)
-        if yuv is not None:
-            self._last_output = (yuv, time.monotonic())
+        if out_planes is not None:
+            self._last_output = (out, time.monotonic())
         return out
 
     # -- fail closed ------------------------------------------------------------------
@@ -363,8 +382,8 @@ class FaceMasker:
         """Rule 3: the last masked frame again (if recent and the same size), else a covered frame."""
         self._count(reason)
         last = self._last_output
-        if last is not None and time.monotonic() - last[1] <= REPEAT_MAX_S and last[0].shape == (frame.height * 3 // 2, frame.width):
-            out = av.VideoFrame.from_ndarray(last[0], format="yuv420p")
+        if last is not None and time.monotonic() - last[1] <= REPEAT_MAX_S and (last[0].height, last[0].width) == (frame.height, frame.width):
+            out, _ = copy_frame(last[0])
             _keep_timing(out, frame)
             return out
         return self._covered(frame)

@@ -17,14 +17,32 @@ from pipeline.types import CropRoi, FaceDetection, FaceLandmarks, PersonMask
 
 
 class FaceDetectorStage(Protocol):
-    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
-        """Every face in the image, boxes and keypoints in its pixels, best first."""
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(width, height) at which the detector looks at a frame of this size."""
+        ...
+
+    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None) -> list[FaceDetection]:
+        """Every face in the image, boxes and keypoints in its pixels, best first.
+
+        With ``frame_hw`` the image is a frame of that size already scaled to ``input_size``
+        (the masker makes it from the frame's planes), and boxes come back in frame pixels.
+        """
         ...
 
 
 class LandmarkStage(Protocol):
+    input_size: int  # side of the square crop the model reads
+
+    def crop_matrix(self, roi: CropRoi) -> np.ndarray:
+        """2x3 affine from image pixels to the model's crop of ``roi``."""
+        ...
+
     def landmarks(self, rgb: np.ndarray, roi: CropRoi) -> FaceLandmarks:
         """468 points for the face inside ``roi`` of the full image, in image pixels."""
+        ...
+
+    def landmarks_from_crop(self, crop: np.ndarray, roi: CropRoi) -> FaceLandmarks:
+        """The same from the crop (``crop_matrix``, ``input_size``) already made by the caller."""
         ...
 
 

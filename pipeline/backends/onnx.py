@@ -67,14 +67,26 @@ class YuNetDetector:
             self._priors[key] = grids
         return self._priors[key]
 
-    def detect(self, rgb: np.ndarray) -> list[FaceDetection]:
-        h, w = rgb.shape[:2]
-        scale = min(1.0, max(self.detect_width / float(w), self.min_scale))
-        if scale < 1.0:
-            sw, sh = max(32, round(w * scale)), max(32, round(h * scale))
-            small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(width, height) the detector runs a frame of this size at (even, so the masker can
+        make it straight from yuv420p planes)."""
+        scale = min(1.0, max(self.detect_width / float(width), self.min_scale))
+        if scale >= 1.0:
+            return width, height
+        return max(32, 2 * round(width * scale / 2)), max(32, 2 * round(height * scale / 2))
+
+    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None) -> list[FaceDetection]:
+        """Faces in ``rgb``; with ``frame_hw``, ``rgb`` is that frame already scaled (to
+        ``input_size``) and boxes come back in the frame's pixels."""
+        if frame_hw is None:
+            h, w = rgb.shape[:2]
+            sw, sh = self.input_size(h, w)
+            small = rgb if (sw, sh) == (w, h) else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
         else:
-            sw, sh, small = w, h, rgb
+            h, w = frame_hw
+            small = rgb
+            sh, sw = rgb.shape[:2]
+        scale_x, scale_y = w / float(sw), h / float(sh)
         ph, pw = -(-sh // 32) * 32, -(-sw // 32) * 32
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :sh, :sw] = small[:, :, ::-1].transpose(2, 0, 1)  # RGB -> BGR, NCHW
@@ -103,10 +115,10 @@ class YuNetDetector:
         xywh = np.concatenate([box[:, :2], box[:, 2:] - box[:, :2]], axis=1)
         keep = cv2.dnn.NMSBoxes(xywh.tolist(), score.tolist(), self.score_threshold, self.nms_threshold)
         keep = np.asarray(keep, dtype=np.int64).reshape(-1)[: self.max_faces]
-        inv = 1.0 / scale
+        inv = np.array([scale_x, scale_y], np.float64)
         out = []
         for i in keep:
-            b = np.clip(box[i] * inv, [0, 0, 0, 0], [w, h, w, h]).astype(np.float32)
+            b = np.clip(box[i] * np.tile(inv, 2), [0, 0, 0, 0], [w, h, w, h]).astype(np.float32)
             if b[2] - b[0] < 2 or b[3] - b[1] < 2:
                 continue
             out.append(FaceDetection(b, float(score[i]), (kp[i] * inv).astype(np.float32)))
@@ -130,11 +142,21 @@ class OnnxLandmarker:
     def __init__(self, models_dir: str | Path | None = None) -> None:
         self.session = load_session(FACE_LANDMARK, models_dir=models_dir)
 
+    input_size = LANDMARK_INPUT_SIZE
+
+    def crop_matrix(self, roi: CropRoi) -> np.ndarray:
+        return crop_matrix(roi, LANDMARK_INPUT_SIZE)
+
     def landmarks(self, rgb: np.ndarray, roi: CropRoi) -> FaceLandmarks:
-        m = crop_matrix(roi)
         crop = cv2.warpAffine(
-            rgb, m, (LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            rgb, crop_matrix(roi), (LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
         )
+        return self.landmarks_from_crop(crop, roi)
+
+    def landmarks_from_crop(self, crop: np.ndarray, roi: CropRoi) -> FaceLandmarks:
+        """The same, given the crop already made (the masker warps it from the frame's planes)."""
+        m = crop_matrix(roi)
         pts, presence = run_face_landmarks(self.session, crop)
         inv = cv2.invertAffineTransform(m)
         xy = pts[:, :2] @ inv[:, :2].T + inv[:, 2]

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.cover import blur, cover, cover_i420, i420_planes, pixelate, write_rgb_region
+from pipeline.cover import blur, cover, cover_i420, i420_planes, pixelate
 
 
 def _texture(h: int = 200, w: int = 160) -> np.ndarray:
@@ -40,17 +40,3 @@ def test_cover_i420_changes_every_plane(size):
     cover_i420(yuv, h, w, "pixelate")
     for a, b in zip(i420_planes(before, h, w), i420_planes(yuv, h, w)):
         assert np.abs(a.astype(int) - b.astype(int)).mean() > 10
-
-
-def test_write_rgb_region_touches_only_the_region():
-    h, w = 120, 160
-    frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 40, np.uint8), format="rgb24").reformat(format="yuv420p")
-    yuv = frame.to_ndarray()
-    before = yuv.copy()
-    write_rgb_region(yuv, h, w, 20, 30, np.full((40, 60, 3), 220, np.uint8))
-    rgb = av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray(format="rgb24")
-    assert np.abs(rgb[30:70, 20:80].astype(int) - 220).max() <= 3
-    y_before, y_after = i420_planes(before, h, w)[0], i420_planes(yuv, h, w)[0]
-    outside = np.ones((h, w), bool)
-    outside[30:70, 20:80] = False
-    assert (y_before[outside] == y_after[outside]).all()

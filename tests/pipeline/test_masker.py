@@ -125,6 +125,9 @@ class _Wrap:
     def landmarks(self, *args):
         return self._call("landmarks", *args)
 
+    def landmarks_from_crop(self, *args):  # what the masker calls: (crop, roi) in place of (frame, roi)
+        return self._call("landmarks_from_crop", *args)
+
     def segment(self, *args):
         return self._call("segment", *args)
 
