@@ -92,8 +92,8 @@ class PipelineConfig:
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
     deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one
     segmentation: bool = True  # person mask: covers heads whose face was not found
-    segment_every: int = 1  # segmenter every N frames; > 1 saves CPU but a face that cuts in between
-    # detector runs can show for up to N - 1 frames (the person rule sees an older mask)
+    segment_every: int = 3  # a person mask is reused for up to N - 1 frames, and only while the picture
+    # outside the tracked faces has not changed since its frame (a new person re-runs the segmenter at once)
     cover_style: str = "pixelate"  # how the privacy guard covers: pixelate | blur
     smoothing_min_cutoff: float = 1.0  # One Euro filter on landmarks (Hz)
     smoothing_beta: float = 0.05

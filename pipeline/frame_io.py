@@ -133,6 +133,11 @@ class LazyRgb:
         cu, cv = u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
         self.rgb[y0:y1, x0:x1] = i420_to_rgb(y[y0:y1, x0:x1], cu, cv)
 
+    def luma(self, width: int, height: int) -> np.ndarray:
+        """The frame's luma at width x height, for change checks (``guard.picture_changed``
+        averages it over blocks): linear, 0.05 ms at 1280x720 -> 256x144 where area costs 0.6."""
+        return cv2.resize(self.planes[0], (width, height), interpolation=cv2.INTER_LINEAR)
+
     def scaled(self, width: int, height: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
         """The whole frame as RGB at width x height (even), made from the planes, not from ``rgb``."""
         y, u, v = self.planes
@@ -153,6 +158,10 @@ class FullRgb:
 
     def ensure(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
         return self.rgb
+
+    def luma(self, width: int, height: int) -> np.ndarray:
+        small = cv2.resize(self.rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
     def warp(self, m: np.ndarray, size: int) -> np.ndarray:
         return cv2.warpAffine(self.rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)

@@ -6,7 +6,10 @@
 3. An error or a blown deadline never yields the raw frame: the last masked frame is
    repeated (if recent) or the whole frame is covered (``DeadlineRunner`` + the masker).
 4. Where segmentation shows a person but no face was found in their head region, that
-   region is covered (``heads_without_faces``).
+   region is covered (``heads_without_faces``). A person mask is reused on a later frame
+   only while the picture outside the tracked faces has not changed since the frame it
+   was made from (``picture_changed``): a guest walking in or a camera switch re-runs the
+   segmenter on that very frame.
 Every covered event is counted by reason (``COVER_REASONS``).
 """
 
@@ -79,6 +82,44 @@ def _face_in(head: np.ndarray, face: np.ndarray) -> bool:
     iy = max(0.0, min(head[3], face[3]) - max(head[1], face[1]))
     area = max(1e-6, (face[2] - face[0]) * (face[3] - face[1]))
     return ix * iy / area > 0.5
+
+
+CHANGE_BLOCK = 8  # px of the segmenter-sized luma per block (40x40 px of a 1280x720 frame)
+CHANGE_LEVEL = 10.0  # mean |luma difference| (0-255) of a block that counts as changed
+FACE_MARGIN = 0.25  # blocks this far around a tracked face box move with the face: not a new person
+
+
+def picture_changed(
+    reference: np.ndarray, luma: np.ndarray, faces: list[np.ndarray], frame_hw: tuple[int, int], level: float | None = None
+) -> bool:
+    """Has the picture changed, outside the tracked faces, since ``reference`` was taken?
+
+    ``reference`` and ``luma``: the frame's luma at one small size (the segmenter's input);
+    ``faces``: tracked face boxes in frame px, whose own movement (talking, nodding) is
+    expected. Any block of CHANGE_BLOCK px elsewhere whose mean difference reaches ``level``
+    counts: a head that cuts in or walks in changes far more than that, sensor noise and
+    compression far less. Differently sized inputs are a change.
+    """
+    level = CHANGE_LEVEL if level is None else level
+    if reference.shape != luma.shape:
+        return True
+    sh, sw = luma.shape[:2]
+    bh, bw = -(-sh // CHANGE_BLOCK), -(-sw // CHANGE_BLOCK)
+    diff = cv2.absdiff(reference, luma)
+    blocks = cv2.resize(diff.astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
+    changed = blocks >= level
+    if not changed.any():
+        return False
+    fh, fw = frame_hw
+    sx, sy = bw / fw, bh / fh
+    for box in faces:
+        mx, my = FACE_MARGIN * (box[2] - box[0]), FACE_MARGIN * (box[3] - box[1])
+        # blocks wholly inside the grown box (a partly covered block still counts)
+        x0, y0 = int(np.ceil((box[0] - mx) * sx)), int(np.ceil((box[1] - my) * sy))
+        x1, y1 = int(np.floor((box[2] + mx) * sx)), int(np.floor((box[3] + my) * sy))
+        if x1 > x0 and y1 > y0:
+            changed[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = False
+    return bool(changed.any())
 
 
 def heads_without_faces(mask: PersonMask, faces: list[np.ndarray]) -> list[np.ndarray]:

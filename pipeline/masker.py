@@ -28,7 +28,7 @@ from pipeline.backends import Backend, backend_for
 from pipeline.cover import cover, cover_i420
 from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, plane_views, write_rgb_planes
 from pipeline.geometry import NeutralShape, yaw_degrees
-from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces
+from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
 from pipeline.persona import Persona
 from pipeline.tracking import FaceTracker, grow_box
 from pipeline.types import PersonMask
@@ -93,7 +93,7 @@ class FaceMasker:
         self._detect_pool = ThreadPoolExecutor(1, thread_name_prefix="face-detector") if config.parallel_detect else None
         self._detected_once = False
         self._holder: int | None = None
-        self._last_mask: tuple[PersonMask, int] | None = None
+        self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
         self._turned: set[int] = set()  # tracks covered because the head is turned away
         self.neutralize = neutralize
@@ -275,17 +275,24 @@ class FaceMasker:
         uncovered_heads: list[np.ndarray] = []
         if self.backend.segmenter is not None:
             t = time.perf_counter()
+            sh, sw = self.backend.segmenter.input_hw
+            luma = img.luma(sw, sh)
             last = self._last_mask
-            # The person mask changes slowly: it is reused for segment_every - 1 frames, and
-            # one frame longer on the detector's frame, which never also segments (p95).
+            # The person mask is reused for up to segment_every - 1 frames (one more on the
+            # detector's frame, p95), and only while the picture outside the tracked faces
+            # has not changed since the mask's own frame (guard rule 4).
             age = self.frames - last[1] if last is not None else None
-            if age is not None and last[0].frame_hw == (h, w) and age < max(1, cfg.segment_every) + detected:
+            if (
+                age is not None
+                and last[0].frame_hw == (h, w)
+                and age < max(1, cfg.segment_every) + detected
+                and not picture_changed(last[2], luma, [tr.box for tr in tracker.tracks], (h, w))
+            ):
                 mask = last[0]
             else:
-                sh, sw = self.backend.segmenter.input_hw
                 small_seg = img.scaled(sw, sh, cv2.INTER_LINEAR)  # AREA costs 0.7 ms more here
                 mask = self.backend.segmenter.segment(small_seg, (h, w))
-                self._last_mask = (mask, self.frames)
+                self._last_mask = (mask, self.frames, luma)
             faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
             uncovered_heads = heads_without_faces(mask, faces)
             timings["segment"] = time.perf_counter() - t

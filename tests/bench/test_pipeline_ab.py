@@ -24,8 +24,9 @@ def test_both_configs_are_timed_stage_by_stage(tmp_path: Path, capsys: pytest.Ca
     assert report["configs"] == {"A": ["segment_every=1"], "B": ["segment_every=1000"]}
     a, b = report["ms"]["A"], report["ms"]["B"]
     assert a["wall"]["n"] == b["wall"]["n"] == 12 - pipeline_ab.SKIP
-    # A segments every frame but the detector's; B reuses its first mask: the stage clock must show it
-    assert a["segment"]["p50"] > 0.5 and b["segment"]["p50"] < 0.1
+    # A segments every frame but the detector's; B reuses its mask while the picture holds
+    # still (the change check itself costs a fraction of a millisecond): the stage clock shows it
+    assert a["segment"]["p50"] > 0.5 and b["segment"]["p50"] < 0.3 * a["segment"]["p50"]
     assert "B/A p50" in capsys.readouterr().out
 
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.guard import DeadlineExceeded, DeadlineRunner, head_regions, heads_without_faces
+from pipeline.guard import CHANGE_LEVEL, DeadlineExceeded, DeadlineRunner, head_regions, heads_without_faces, picture_changed
 from pipeline.types import PersonMask
 
 
@@ -84,3 +84,42 @@ def test_deadline_runner_gives_up_on_slow_calls_and_stays_closed_while_busy():
     finally:
         release.set()
         runner.close()
+
+
+def _luma(seed: int = 0) -> np.ndarray:
+    """A 256x144 picture with texture, as the segmenter-sized luma of a 1280x720 frame."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(120, 30, (144, 256)), 0, 255).astype(np.uint8)
+
+
+def test_noise_is_not_a_change_but_a_new_head_is():
+    ref = _luma()
+    noisy = np.clip(ref.astype(int) + np.random.default_rng(1).integers(-4, 5, ref.shape), 0, 255).astype(np.uint8)
+    assert not picture_changed(ref, ref.copy(), [], (720, 1280))
+    assert not picture_changed(ref, noisy, [], (720, 1280))
+    head = ref.copy()
+    head[40:56, 200:216] = 230  # a 80x80 px bright blob in the frame: two by two blocks
+    assert picture_changed(ref, head, [], (720, 1280))
+
+
+def test_movement_inside_a_tracked_face_is_not_a_change_but_beside_it_is():
+    ref = _luma()
+    moved = ref.copy()
+    moved[48:72, 96:120] = 255 - moved[48:72, 96:120]  # frame px 480..600 x 240..360
+    face = np.array([440.0, 200.0, 640.0, 400.0], np.float32)
+    assert picture_changed(ref, moved, [], (720, 1280))
+    assert not picture_changed(ref, moved, [face], (720, 1280))
+    beside = moved.copy()
+    beside[48:64, 160:176] = 255 - beside[48:64, 160:176]  # frame px 800..880: outside the grown face box
+    assert picture_changed(ref, beside, [face], (720, 1280))
+
+
+def test_a_change_just_under_the_level_is_not_one():
+    ref = np.full((144, 256), 100, np.uint8)
+    cur = ref.copy()
+    cur[0:8, 0:8] += int(CHANGE_LEVEL) - 1
+    assert not picture_changed(ref, cur, [], (720, 1280))
+    cur[0:8, 0:8] += 1
+    assert picture_changed(ref, cur, [], (720, 1280))
+    assert picture_changed(ref, cur[:, :128], [], (720, 1280)), "a different size is a change"
+
