@@ -85,7 +85,7 @@ def _face_in(head: np.ndarray, face: np.ndarray) -> bool:
 
 
 CHANGE_BLOCK = 8  # px of the segmenter-sized luma per block (40x40 px of a 1280x720 frame)
-CHANGE_LEVEL = 10.0  # mean |luma difference| (0-255) of a block that counts as changed
+CHANGE_LEVEL = 16.0  # mean |luma difference| (0-255) of a block that counts as changed
 FACE_MARGIN = 0.25  # blocks this far around a tracked face box move with the face: not a new person
 
 
