@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SWAP_MODES = ("persona", "anonymize")
 COVER_MODES = ("blur", "pixelate")
-SWAP_MARGIN = 0.3  # region around a face box handed to the swap (room for the feather)
+SWAP_MARGIN = 0.3  # region around a face box handed to a swapper that does not say its footprint
 HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
@@ -328,21 +328,21 @@ class FaceMasker:
             if self._is_turned(track):
                 cover_box(grow_box(track.box, HELD_MARGIN, (h, w)), "turned_face")
                 continue
-            r = region(grow_box(track.box, SWAP_MARGIN, (h, w)))
-            if r is None:
-                continue
-            x0, y0, x1, y1 = r
-            patch = rgb[y0:y1, x0:x1].copy()
-            points = track.landmarks[:, :2] - np.array([x0, y0], np.float32)
             persona = self.persona if track.id == holder and self.persona is not None else self._ephemeral(track.slot)
             if persona is None:
                 cover_box(grow_box(track.box, 0.2, (h, w)), "persona_pending")
                 continue
+            points = track.landmarks[:, :2]
             if self.neutralize:
                 shape = self._shapes.setdefault(track.id, NeutralShape(alpha=cfg.persona_shape))
-                points = shape.target(track.landmarks, persona.landmarks, now) - np.array([x0, y0], np.float32)
-            self.swapper.swap(patch, points, persona)
-            rgb[y0:y1, x0:x1] = patch
+                points = shape.target(track.landmarks, persona.landmarks, now)
+            # Only what the swap can change is converted, swapped in place and written back.
+            footprint = getattr(self.swapper, "footprint", None)
+            r = region(np.asarray(footprint(points)) if footprint is not None else grow_box(track.box, SWAP_MARGIN, (h, w)))
+            if r is None:
+                continue
+            x0, y0, x1, y1 = r
+            self.swapper.swap(rgb[y0:y1, x0:x1], points - np.array([x0, y0], np.float32), persona)
         timings["swap"] = time.perf_counter() - t
 
         t = time.perf_counter()

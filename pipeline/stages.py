@@ -60,5 +60,8 @@ class SwapStage(Protocol):
         """Replace the face in ``region`` (RGB, modified in place) by ``persona``.
 
         ``points``: the 468 live landmarks (468x2 or 468x3) in ``region`` pixels.
+        A swapper may also say ``footprint(points) -> (x0, y0, x1, y1)``, the box outside
+        which it changes nothing; the masker then hands it only that much of the frame
+        (``MeshSwapper`` does; without it the masker uses the face box grown 30%).
         """
         ...

@@ -456,6 +456,25 @@ class MeshSwapper:
             self._cache.move_to_end(key)
         return data
 
+    def _extent(self, face: float) -> tuple[float, float, int, float, float]:
+        """Feather width, grid step (px), alpha dilation (cells), blur sigma (cells), and how
+        far (px) the alpha reaches beyond the grown oval, for a face ``face`` px across."""
+        feather = max(1.5, FEATHER * face)
+        step = max(1.0, face / self.grid_face_px)  # grid cell size, px
+        rad = max(1, int(math.ceil(0.5 * feather / step)))  # alpha: dilate the oval (cells) ...
+        sigma = max(0.4, 0.2 * feather / step)  # ... then blur (cells)
+        ext = (rad + 3.0 * sigma + 1.0) * step + 2.0
+        return feather, step, rad, sigma, ext
+
+    def footprint(self, points: np.ndarray) -> tuple[float, float, float, float]:
+        """The box (x0, y0, x1, y1, in the points' pixels) outside which ``swap`` with these
+        points changes nothing: the caller converts and writes back only that much."""
+        pts = grown_outline(np.asarray(points, np.float64)[:, :2], self.grow)
+        oval = pts[_topology().oval]
+        ext = self._extent(float(np.ptp(oval, axis=0).max()))[4] + 1.0
+        (x0, y0), (x1, y1) = oval.min(axis=0) - ext, oval.max(axis=0) + ext
+        return float(x0), float(y0), float(x1), float(y1)
+
     def swap(self, region: np.ndarray, points: np.ndarray, persona: Persona) -> None:
         """Replace the face in ``region`` (HxWx3 uint8 RGB, in place) by ``persona``."""
         if region.ndim != 3 or region.shape[2] != 3 or region.dtype != np.uint8:
@@ -477,11 +496,7 @@ class MeshSwapper:
         face = float(np.ptp(oval, axis=0).max())
         if face < 2.0 or H < 1 or W < 1:
             return
-        feather = max(1.5, FEATHER * face)
-        step = max(1.0, face / self.grid_face_px)  # grid cell size, px
-        rad = max(1, int(math.ceil(0.5 * feather / step)))  # alpha: dilate the oval (cells) ...
-        sigma = max(0.4, 0.2 * feather / step)  # ... then blur (cells)
-        ext = (rad + 3.0 * sigma + 1.0) * step + 2.0  # how far alpha reaches beyond the oval, px
+        feather, step, rad, sigma, ext = self._extent(face)
         x0 = max(0, int(math.floor(oval[:, 0].min() - ext)))
         y0 = max(0, int(math.floor(oval[:, 1].min() - ext)))
         x1 = min(W, int(math.ceil(oval[:, 0].max() + ext)) + 1)
@@ -542,11 +557,9 @@ class MeshSwapper:
         galpha = cv2.dilate(goval, kernel).astype(np.float32) * (1.0 / 255.0)
         galpha = cv2.GaussianBlur(galpha, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
         alpha = cv2.resize(galpha, (rw, rh), interpolation=cv2.INTER_LINEAR)
-        inside = np.zeros((rh, rw), np.float32)
-        cv2.fillPoly(inside, [_fixed(local[topo.oval])], 1.0, cv2.LINE_8, 4)
+        cv2.fillPoly(alpha, [_fixed(local[topo.oval])], 1.0, cv2.LINE_8, 4)  # exactly 1 inside the oval
         if live_pts is not pts:  # the live oval stays opaque even where a wild mesh folds the grown one
-            cv2.fillPoly(inside, [_fixed(live_pts[topo.oval] - (x0, y0))], 1.0, cv2.LINE_8, 4)
-        alpha = cv2.max(alpha, inside)
+            cv2.fillPoly(alpha, [_fixed(live_pts[topo.oval] - (x0, y0))], 1.0, cv2.LINE_8, 4)
         out = cv2.blendLinear(warped, np.ascontiguousarray(live), alpha, 1.0 - alpha)
         region[y0:y1, x0:x1] = out
         self._last_alpha = ((H, W), x0, y0, alpha)

@@ -267,6 +267,24 @@ def test_closed_eye_shows_lid_not_iris(persona: Persona) -> None:
 # -- edges of the input ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scale, grow", [(0.3, 1.0), (0.6, 1.15), (1.0, 1.3)])
+def test_footprint_holds_every_changed_pixel_and_little_else(persona: Persona, scale: float, grow: float) -> None:
+    """The masker converts and writes back only the footprint: nothing may change outside it."""
+    size = (620, 620)
+    pts, _ = similarity(persona, scale, 12.0, (310.0, 300.0))
+    swapper = MeshSwapper(grow=grow)
+    live = noise(size)
+    out = live.copy()
+    swapper.swap(out, pts, persona)
+    changed = np.argwhere((out != live).any(axis=2))
+    x0, y0, x1, y1 = swapper.footprint(pts)
+    assert changed[:, 1].min() >= x0 and changed[:, 1].max() <= x1
+    assert changed[:, 0].min() >= y0 and changed[:, 0].max() <= y1
+    cw = changed[:, 1].max() - changed[:, 1].min() + 1
+    ch = changed[:, 0].max() - changed[:, 0].min() + 1
+    assert (x1 - x0) * (y1 - y0) <= 1.15 * cw * ch, "the footprint should not be much bigger than the change"
+
+
 @pytest.mark.parametrize("face", [30.0, 12.0, 3.0])
 def test_tiny_faces(persona: Persona, face: float) -> None:
     scale = face / float(np.ptp(persona.landmarks[TOPO.face_oval], axis=0).max())
