@@ -26,15 +26,17 @@ from pipeline.onnx_models import (
 from pipeline.types import CropRoi, FaceDetection, FaceLandmarks, PersonMask
 
 _STRIDES = (8, 16, 32)
+SNAP_32 = 0.03  # a detector input side this close to a multiple of 32 is scaled to it (no padding)
 
 
 class YuNetDetector:
     """YuNet 2023mar: several faces, small ones too, with 5 keypoints.
 
     The image is scaled down to ``detect_width`` (never up, and never below half its
-    size: a 1080p crowd's 40 px faces would shrink to 13 px at 640 and be missed), padded
-    to a multiple of 32 and run through the dynamic-shape graph; boxes come back in the
-    caller's pixels.
+    size: a 1080p crowd's 40 px faces would shrink to 13 px at 640 and be missed), to sides
+    that are multiples of 32 where that is a small change (``input_size``), padded to them
+    otherwise, and run through the dynamic-shape graph; boxes come back in the caller's
+    pixels.
     """
 
     def __init__(
@@ -68,12 +70,19 @@ class YuNetDetector:
         return self._priors[key]
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """(width, height) the detector runs a frame of this size at (even, so the masker can
-        make it straight from yuv420p planes)."""
+        """(width, height) the detector runs a frame of this size at: even (the masker makes
+        it straight from the yuv420p planes), and a side that is within SNAP_32 of a multiple
+        of 32 is scaled to it, so no rows are spent on padding (1280x720 runs at 640x352, a
+        2% squeeze, rather than 640x360 padded to 384: 8% less detector work)."""
         scale = min(1.0, max(self.detect_width / float(width), self.min_scale))
         if scale >= 1.0:
             return width, height
-        return max(32, 2 * round(width * scale / 2)), max(32, 2 * round(height * scale / 2))
+
+        def side(n: float) -> int:
+            snapped = 32 * round(n / 32)
+            return snapped if snapped >= 32 and abs(snapped - n) <= SNAP_32 * n else max(32, 2 * round(n / 2))
+
+        return side(width * scale), side(height * scale)
 
     def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None) -> list[FaceDetection]:
         """Faces in ``rgb``; with ``frame_hw``, ``rgb`` is that frame already scaled (to

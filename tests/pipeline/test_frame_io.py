@@ -117,3 +117,16 @@ def test_detector_on_a_frame_scaled_from_planes_finds_the_same_faces():
     assert len(direct) == len(from_planes) >= 1
     assert np.abs(direct[0].box - from_planes[0].box).max() < 3.0
     assert np.abs(direct[0].keypoints - from_planes[0].keypoints).max() < 3.0
+
+
+@pytest.mark.parametrize(
+    "hw, expected",
+    [((720, 1280), (640, 352)), ((1080, 1920), (960, 544)), ((720, 720), (640, 640)), ((908, 480), (480, 908)), ((530, 1000), (640, 340))],
+)
+def test_detector_input_sizes_are_even_and_need_no_padding_where_close(hw, expected):
+    """Sides within 3% of a multiple of 32 are scaled to it (no padding rows for the model);
+    others stay even and are padded; frames under detect_width are not scaled at all."""
+    det = YuNetDetector()
+    size = det.input_size(*hw)
+    assert size == expected
+    assert all(s % 2 == 0 for s in size)
