@@ -38,11 +38,13 @@ COVER_REASONS = (
 )
 
 PERSON_THRESHOLD = 0.5
+HEAD_TALL = 1.4  # a head region reaches this many times its own width down the blob (hair to chin)
 MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too far to matter)
 
 
 def head_regions(mask: PersonMask) -> list[np.ndarray]:
-    """Head boxes (frame px) of each person blob: the top of the blob, about as tall as half its width.
+    """Head boxes (frame px) of each person blob: as wide as the top of the blob (its top
+    rows, half the blob's width down), and 1.4 times that width tall (within the blob).
 
     Computed once per mask (kept in ``mask.extra``): the masker reuses a mask over frames.
     """
@@ -68,7 +70,10 @@ def _head_regions(mask: PersonMask) -> list[np.ndarray]:
         rows = labels[y : y + band, x : x + w] == i
         cols = np.flatnonzero(rows.any(axis=0))
         hx0, hx1 = x + cols[0], x + cols[-1] + 1
-        heads.append(np.array([hx0 * sx, y * sy, hx1 * sx, (y + band) * sy], np.float32))
+        # as tall as a head of that width, at least: a close-up's blob is mostly head, and
+        # half its width stopped the cover at the mouth
+        tall = min(h, max(band, int(round(HEAD_TALL * (hx1 - hx0)))))
+        heads.append(np.array([hx0 * sx, y * sy, hx1 * sx, (y + tall) * sy], np.float32))
     return heads
 
 

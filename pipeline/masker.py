@@ -280,7 +280,9 @@ class FaceMasker:
             last = self._last_mask
             # The person mask is reused for up to segment_every - 1 frames (one more on the
             # detector's frame, p95), and only while the picture outside the tracked faces
-            # has not changed since the mask's own frame (guard rule 4).
+            # has not changed since the mask's own frame (guard rule 4). A changed detector
+            # frame segments too, though that costs p95 (docs/benchmarks.md): the detector
+            # alone may miss a head that cuts in on that very frame.
             age = self.frames - last[1] if last is not None else None
             if (
                 age is not None

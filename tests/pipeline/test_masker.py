@@ -172,34 +172,39 @@ def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_
         masker.close()
 
 
-@pytest.fixture(scope="module")
-def second_face_cuts_in() -> tuple[list[av.VideoFrame], int]:
-    """A tracked face on the left; at frame 7 (between two detector runs) a second real
-    person cuts in on the right, as a camera switch or a guest joining the shot would."""
+def _cut_in_frames(cut: int, n: int = 12) -> list[av.VideoFrame]:
+    """A tracked face on the left; at frame ``cut`` a second real person cuts in on the
+    right, as a camera switch or a guest joining the shot would."""
     root = have_shared_eval()
     if root is None:
         pytest.skip("../shared/eval is absent: this test needs real faces")
 
-    def decode(name: str, n: int) -> list[np.ndarray]:
+    def decode(name: str, count: int) -> list[np.ndarray]:
         out = []
         with av.open(str(root / "videos" / name)) as c:
             for f in c.decode(video=0):
                 out.append(f.to_ndarray(format="rgb24"))
-                if len(out) == n:
+                if len(out) == count:
                     return out
         return out
 
-    host, guest = decode("lp_s18.mp4", 12), decode("vr_2.mp4", 12)
+    host, guest = decode("lp_s18.mp4", n), decode("vr_2.mp4", n)
     empty_right = cv2.resize(host[0][:, :200], (640, 720))  # the host's backdrop, nobody in it
     frames = []
-    for i in range(12):
+    for i in range(n):
         img = np.zeros((720, 1280, 3), np.uint8)
         img[180:540, :640] = cv2.resize(host[i], (640, 360))
-        img[:, 640:] = cv2.resize(guest[i], (640, 720)) if i >= 7 else empty_right
+        img[:, 640:] = cv2.resize(guest[i], (640, 720)) if i >= cut else empty_right
         f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         f.pts, f.time_base = i, Fraction(1, 30)
         frames.append(f)
-    return frames, 7
+    return frames
+
+
+@pytest.fixture(scope="module")
+def second_face_cuts_in() -> tuple[list[av.VideoFrame], int]:
+    """The cut at frame 7, between two detector runs (detect_every 5: frames 0, 5, 10)."""
+    return _cut_in_frames(7), 7
 
 
 def _unmasked_frames(backend, frames, **config) -> list[int]:
@@ -223,6 +228,16 @@ def test_a_face_cutting_in_between_detector_runs(backend, second_face_cuts_in, e
     face, so the segmenter runs on that frame whatever segment_every allows."""
     frames, cut = second_face_cuts_in
     assert _unmasked_frames(backend, frames, detect_every=5, segment_every=every) == []
+
+
+@pytest.mark.parametrize("cut", [5, 10])
+def test_a_newcomer_the_detector_misses_on_its_own_frame_is_covered(backend, cut):
+    """The cut lands on a detector frame and the detector never sees the newcomer (a
+    profile, a hand over the face): the picture changed, so that frame is segmented too and
+    the person rule covers the head from the first frame on."""
+    frames = _cut_in_frames(cut, 13)
+    left_only = _Wrap(backend.detector, lambda f, *a: [d for d in f(*a) if (d.box[0] + d.box[2]) / 2 < 640])
+    assert _unmasked_frames(backend, frames, detector=left_only, detect_every=5, segment_every=3) == []
 
 
 def test_without_the_change_check_a_reused_mask_lets_the_newcomer_through(backend, second_face_cuts_in, monkeypatch):
