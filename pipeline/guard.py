@@ -43,18 +43,24 @@ MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too fa
 
 
 def head_regions(mask: PersonMask) -> list[np.ndarray]:
-    """Head boxes (frame px) of each person blob: as wide as the top of the blob (its top
-    rows, half the blob's width down), and 1.4 times that width tall (within the blob).
+    """Head boxes (frame px) of each person blob: the top of the blob, about as tall as half
+    its width, as wide as its top rows. A found face in it accounts for the head."""
+    return [head for head, _ in _heads(mask)]
 
-    Computed once per mask (kept in ``mask.extra``): the masker reuses a mask over frames.
-    """
+
+def _heads(mask: PersonMask) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(head box, cover box) per blob; the cover reaches HEAD_TALL times the head's width down
+    (within the blob): a close-up's blob is mostly head, and the head box alone stopped at
+    the mouth. Matching faces uses the head box only, so that a taller cover does not take
+    in a neighbour's face and count it as this head's. Computed once per mask (kept in
+    ``mask.extra``): the masker reuses a mask over frames."""
     cached = mask.extra.get("heads")
     if cached is None:
         cached = mask.extra["heads"] = _head_regions(mask)
     return cached
 
 
-def _head_regions(mask: PersonMask) -> list[np.ndarray]:
+def _head_regions(mask: PersonMask) -> list[tuple[np.ndarray, np.ndarray]]:
     prob = mask.prob
     mh, mw = prob.shape
     fh, fw = mask.frame_hw
@@ -70,10 +76,9 @@ def _head_regions(mask: PersonMask) -> list[np.ndarray]:
         rows = labels[y : y + band, x : x + w] == i
         cols = np.flatnonzero(rows.any(axis=0))
         hx0, hx1 = x + cols[0], x + cols[-1] + 1
-        # as tall as a head of that width, at least: a close-up's blob is mostly head, and
-        # half its width stopped the cover at the mouth
         tall = min(h, max(band, int(round(HEAD_TALL * (hx1 - hx0)))))
-        heads.append(np.array([hx0 * sx, y * sy, hx1 * sx, (y + tall) * sy], np.float32))
+        head = np.array([hx0 * sx, y * sy, hx1 * sx, (y + band) * sy], np.float32)
+        heads.append((head, np.array([hx0 * sx, y * sy, hx1 * sx, (y + tall) * sy], np.float32)))
     return heads
 
 
@@ -128,7 +133,8 @@ def picture_changed(
 
 
 def heads_without_faces(mask: PersonMask, faces: list[np.ndarray]) -> list[np.ndarray]:
-    return [head for head in head_regions(mask) if not any(_face_in(head, f) for f in faces)]
+    """Cover boxes of the heads in which none of ``faces`` (found, tracked or held) lies."""
+    return [cover for head, cover in _heads(mask) if not any(_face_in(head, f) for f in faces)]
 
 
 T = TypeVar("T")

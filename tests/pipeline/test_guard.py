@@ -43,6 +43,22 @@ def test_person_without_face_is_reported_and_with_face_is_not():
     assert len(heads_without_faces(mask, [elsewhere])) == 1
 
 
+def test_a_close_ups_cover_reaches_its_chin_but_only_the_head_box_claims_faces():
+    """A close-up: the blob is mostly head (60 wide, 140 tall at the mask's scale)."""
+    prob = np.zeros((144, 256), np.float32)
+    prob[4:144, 100:160] = 0.9
+    mask = PersonMask(prob, (720, 1280))
+    (head,) = head_regions(mask)
+    (cover,) = heads_without_faces(mask, [])
+    assert cover[[0, 1, 2]].tolist() == head[[0, 1, 2]].tolist()
+    assert head[3] - head[1] == pytest.approx(0.5 * (head[2] - head[0]), rel=0.05)
+    assert cover[3] - cover[1] == pytest.approx(1.4 * (cover[2] - cover[0]), rel=0.05)  # hair to chin
+    chin = np.array([520, 460, 780, 560], np.float32)  # a face low in the cover, under the head box
+    assert len(heads_without_faces(mask, [chin])) == 1, "a face below the head box must not account for it"
+    face = np.array([540, 60, 760, 300], np.float32)
+    assert heads_without_faces(mask, [face]) == []
+
+
 def test_deadline_runner_returns_results_and_errors():
     runner = DeadlineRunner(lambda x: x * 2, 0.5)
     try:
