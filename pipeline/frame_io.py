@@ -20,6 +20,8 @@ import av
 import cv2
 import numpy as np
 
+from pipeline.cover import i420_planes
+
 TILE = 32  # px, even: tiles are converted whole
 
 
@@ -46,11 +48,8 @@ def i420_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """RGB of planes (Y even-sized, U and V half its size), BT.601 limited range as OpenCV reads I420."""
     h, w = y.shape
     packed = np.empty((h * 3 // 2, w), np.uint8)
-    flat = packed.reshape(-1)
-    q = (h // 2) * (w // 2)
-    flat[: h * w].reshape(h, w)[:] = y
-    flat[h * w : h * w + q].reshape(h // 2, w // 2)[:] = u
-    flat[h * w + q :].reshape(h // 2, w // 2)[:] = v
+    for dst, src in zip(i420_planes(packed, h, w), (y, u, v)):
+        dst[:] = src
     return cv2.cvtColor(packed, cv2.COLOR_YUV2RGB_I420)
 
 
@@ -59,12 +58,11 @@ def write_rgb_planes(planes: tuple[np.ndarray, np.ndarray, np.ndarray], x0: int,
     h, w = rgb.shape[:2]
     if h < 2 or w < 2:
         return
-    packed = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420).reshape(-1)
-    q = (h // 2) * (w // 2)
-    fy, fu, fv = planes
-    fy[y0 : y0 + h, x0 : x0 + w] = packed[: h * w].reshape(h, w)
-    fu[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = packed[h * w : h * w + q].reshape(h // 2, w // 2)
-    fv[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = packed[h * w + q :].reshape(h // 2, w // 2)
+    packed = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+    (fy, fu, fv), (py, pu, pv) = planes, i420_planes(packed, h, w)
+    fy[y0 : y0 + h, x0 : x0 + w] = py
+    fu[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = pu
+    fv[y0 // 2 : (y0 + h) // 2, x0 // 2 : (x0 + w) // 2] = pv
 
 
 def chroma_matrix(m: np.ndarray) -> np.ndarray:
