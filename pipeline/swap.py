@@ -456,22 +456,22 @@ class MeshSwapper:
             self._cache.move_to_end(key)
         return data
 
-    def _extent(self, face: float) -> tuple[float, float, int, float, float]:
-        """Feather width, grid step (px), alpha dilation (cells), blur sigma (cells), and how
-        far (px) the alpha reaches beyond the grown oval, for a face ``face`` px across."""
+    def _extent(self, face: float) -> tuple[float, int, float, float]:
+        """Grid step (px), alpha dilation (cells), blur sigma (cells), and how far (px) the
+        alpha reaches beyond the grown oval, for a face ``face`` px across."""
         feather = max(1.5, FEATHER * face)
         step = max(1.0, face / self.grid_face_px)  # grid cell size, px
         rad = max(1, int(math.ceil(0.5 * feather / step)))  # alpha: dilate the oval (cells) ...
         sigma = max(0.4, 0.2 * feather / step)  # ... then blur (cells)
         ext = (rad + 3.0 * sigma + 1.0) * step + 2.0
-        return feather, step, rad, sigma, ext
+        return step, rad, sigma, ext
 
     def footprint(self, points: np.ndarray) -> tuple[float, float, float, float]:
         """The box (x0, y0, x1, y1, in the points' pixels) outside which ``swap`` with these
         points changes nothing: the caller converts and writes back only that much."""
         pts = grown_outline(np.asarray(points, np.float64)[:, :2], self.grow)
         oval = pts[_topology().oval]
-        ext = self._extent(float(np.ptp(oval, axis=0).max()))[4] + 1.0
+        ext = self._extent(float(np.ptp(oval, axis=0).max()))[3] + 1.0
         (x0, y0), (x1, y1) = oval.min(axis=0) - ext, oval.max(axis=0) + ext
         return float(x0), float(y0), float(x1), float(y1)
 
@@ -496,7 +496,7 @@ class MeshSwapper:
         face = float(np.ptp(oval, axis=0).max())
         if face < 2.0 or H < 1 or W < 1:
             return
-        feather, step, rad, sigma, ext = self._extent(face)
+        step, rad, sigma, ext = self._extent(face)
         x0 = max(0, int(math.floor(oval[:, 0].min() - ext)))
         y0 = max(0, int(math.floor(oval[:, 1].min() - ext)))
         x1 = min(W, int(math.ceil(oval[:, 0].max() + ext)) + 1)
