@@ -78,7 +78,9 @@ def _head_regions(mask: PersonMask) -> list[tuple[np.ndarray, np.ndarray]]:
         hx0, hx1 = x + cols[0], x + cols[-1] + 1
         tall = min(h, max(band, int(round(HEAD_TALL * (hx1 - hx0)))))
         head = np.array([hx0 * sx, y * sy, hx1 * sx, (y + band) * sy], np.float32)
-        heads.append((head, np.array([hx0 * sx, y * sy, hx1 * sx, (y + tall) * sy], np.float32)))
+        cover = head.copy()
+        cover[3] = (y + tall) * sy
+        heads.append((head, cover))
     return heads
 
 
