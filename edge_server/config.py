@@ -80,6 +80,8 @@ class PipelineConfig:
 
     processor: str = "mask"  # "mask" (the product) or "identity" (relay only, faces NOT masked)
     detect_every: int = 5  # run the face detector every N frames (and whenever tracking is lost)
+    full_detect_every: int = 30  # the detector scans the whole frame at least every N frames; its runs in
+    # between scan only where the picture changed outside the tracked faces, and held faces (pipeline/scan.py); 1 = always whole
     detect_width: int = 640  # the detector sees the frame scaled to this width (at most halved)
     parallel_detect: bool = False  # detector on its own thread beside the landmarks: p95 0.85-0.91x, but the
     # node's CPU per stream rose in the relay bench (docs/benchmarks.md); off until that is understood

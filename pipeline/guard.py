@@ -101,37 +101,49 @@ CHANGE_LEVEL = 16.0  # mean |luma difference| (0-255) of a block that counts as 
 FACE_MARGIN = 0.25  # blocks this far around a tracked face box move with the face: not a new person
 
 
-def picture_changed(
-    reference: np.ndarray, luma: np.ndarray, faces: list[np.ndarray], frame_hw: tuple[int, int], level: float | None = None
-) -> bool:
-    """Has the picture changed, outside the tracked faces, since ``reference`` was taken?
+def changed_blocks(
+    reference: np.ndarray, luma: np.ndarray, faces: list[np.ndarray], frame_hw: tuple[int, int],
+    level: float | None = None, face_margin: float = FACE_MARGIN,
+) -> np.ndarray | None:
+    """Which CHANGE_BLOCK px blocks of ``luma`` changed since ``reference`` (bool, blocks
+    high x wide), with the blocks that move with a tracked face cleared; None when the two
+    differ in size (everything changed).
 
-    ``reference`` and ``luma``: the frame's luma at one small size (the segmenter's input);
-    ``faces``: tracked face boxes in frame px, whose own movement (talking, nodding) is
-    expected. Any block of CHANGE_BLOCK px elsewhere whose mean difference reaches ``level``
-    counts: a head that cuts in or walks in changes far more than that, sensor noise and
-    compression far less. Differently sized inputs are a change.
+    ``reference`` and ``luma``: the frame's luma at one small size; ``faces``: tracked face
+    boxes in frame px, whose own movement (talking, nodding) is expected. A block whose mean
+    difference reaches ``level`` counts: a head that cuts in or walks in changes far more
+    than that, sensor noise and compression far less. Blocks wholly inside a face box grown
+    by ``face_margin`` of its size are cleared.
     """
     level = CHANGE_LEVEL if level is None else level
     if reference.shape != luma.shape:
-        return True
+        return None
     sh, sw = luma.shape[:2]
     bh, bw = -(-sh // CHANGE_BLOCK), -(-sw // CHANGE_BLOCK)
     diff = cv2.absdiff(reference, luma)
     blocks = cv2.resize(diff.astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
     changed = blocks >= level
     if not changed.any():
-        return False
+        return changed
     fh, fw = frame_hw
     sx, sy = bw / fw, bh / fh
     for box in faces:
-        mx, my = FACE_MARGIN * (box[2] - box[0]), FACE_MARGIN * (box[3] - box[1])
+        mx, my = face_margin * (box[2] - box[0]), face_margin * (box[3] - box[1])
         # blocks wholly inside the grown box (a partly covered block still counts)
         x0, y0 = int(np.ceil((box[0] - mx) * sx)), int(np.ceil((box[1] - my) * sy))
         x1, y1 = int(np.floor((box[2] + mx) * sx)), int(np.floor((box[3] + my) * sy))
         if x1 > x0 and y1 > y0:
             changed[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = False
-    return bool(changed.any())
+    return changed
+
+
+def picture_changed(
+    reference: np.ndarray, luma: np.ndarray, faces: list[np.ndarray], frame_hw: tuple[int, int], level: float | None = None
+) -> bool:
+    """Has the picture changed, outside the tracked faces, since ``reference`` was taken?
+    (``changed_blocks``; differently sized inputs are a change.)"""
+    changed = changed_blocks(reference, luma, faces, frame_hw, level)
+    return True if changed is None else bool(changed.any())
 
 
 def heads_without_faces(mask: PersonMask, faces: list[np.ndarray]) -> list[np.ndarray]:

@@ -30,8 +30,9 @@ from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, plane_views, write_r
 from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
 from pipeline.persona import Persona
+from pipeline.scan import FULL_PLAN, ChangeScanner, ScanPlan, merge_rects
 from pipeline.tracking import FaceTracker, grow_box
-from pipeline.types import PersonMask
+from pipeline.types import FaceDetection, PersonMask
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,17 @@ SWAP_MODES = ("persona", "anonymize")
 COVER_MODES = ("blur", "pixelate")
 SWAP_MARGIN = 0.3  # region around a face box handed to a swapper that does not say its footprint
 HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
+SCAN_LUMA_WIDTH = 256  # the change scanner's luma (blocks of 40x40 px at 1280x720, as guard rule 4's)
+SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
+
+
+def _mostly_inside(box: np.ndarray, outer: np.ndarray) -> bool:
+    """Half or more of ``box`` lies inside ``outer``."""
+    ix = max(0.0, min(box[2], outer[2]) - max(box[0], outer[0]))
+    iy = max(0.0, min(box[3], outer[3]) - max(box[1], outer[1]))
+    return ix * iy >= 0.5 * max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
 
 
 class FaceMasker:
@@ -92,6 +102,7 @@ class FaceMasker:
         self._painting: dict[int, Future[Persona]] = {}
         self._detect_pool = ThreadPoolExecutor(1, thread_name_prefix="face-detector") if config.parallel_detect else None
         self._detected_once = False
+        self._scanner = ChangeScanner(config.full_detect_every)
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
@@ -202,6 +213,26 @@ class FaceMasker:
             self._turned.add(track.id)
         return track.id in self._turned
 
+    def _scan_boxes(self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
+        """Each region to scan as (even frame box, its size at the detector's scale): grown
+        to whole SCAN_ALIGN px of the detector's input (the scale of a whole-frame pass, so
+        a face is found at the same size), overlaps merged."""
+        fh, fw = frame_hw
+        dw, dh = self.backend.detector.input_size(fh, fw)
+        sx, sy = dw / fw, dh / fh
+        a = SCAN_ALIGN
+        cells = []
+        for x0, y0, x1, y1 in regions:
+            cx0, cy0 = int(x0 * sx) // a * a, int(y0 * sy) // a * a
+            cx1, cy1 = min(dw, -(-int(np.ceil(x1 * sx)) // a) * a), min(dh, -(-int(np.ceil(y1 * sy)) // a) * a)
+            cells.append([max(0, min(cx0, cx1 - a)), max(0, min(cy0, cy1 - a)), cx1, cy1])
+        out = []
+        for cx0, cy0, cx1, cy1 in merge_rects(cells):
+            bx0, by0 = int(cx0 / sx) & ~1, int(cy0 / sy) & ~1
+            bx1, by1 = min(fw, (int(np.ceil(cx1 / sx)) + 1) & ~1), min(fh, (int(np.ceil(cy1 / sy)) + 1) & ~1)
+            out.append(((bx0, by0, bx1, by1), (cx1 - cx0, cy1 - cy0)))
+        return out
+
     def _frame_time(self, frame: av.VideoFrame) -> float:
         """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
         if frame.pts is None or frame.time_base is None:
@@ -232,14 +263,43 @@ class FaceMasker:
 
         detector = self.backend.detector
         small = None
+        lumas: dict[tuple[int, int], np.ndarray] = {}
+
+        def luma(lw: int, lh: int) -> np.ndarray:
+            if (lw, lh) not in lumas:
+                lumas[(lw, lh)] = img.luma(lw, lh)
+            return lumas[(lw, lh)]
+
+        scan_wh = (SCAN_LUMA_WIDTH, max(2, 2 * round(SCAN_LUMA_WIDTH * h / w / 2)))
+        plan: ScanPlan = FULL_PLAN
+        crops: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
         if detected:
             t = time.perf_counter()
-            small = img.scaled(*detector.input_size(h, w))  # before any stage writes into rgb
+            # Between whole-frame passes, only where the picture changed (pipeline/scan.py).
+            tracked, held = [tr.box for tr in tracker.tracks], [hf.box for hf in tracker.held]
+            plan = self._scanner.plan(luma(*scan_wh), tracked, held, (h, w), self.frames - 1)
+            # made from the planes, so before or after any stage writes into rgb alike
+            if plan.full:
+                small = img.scaled(*detector.input_size(h, w))
+            else:
+                crops = [(img.scaled(cw, ch, box=box), box) for box, (cw, ch) in self._scan_boxes(plan.regions, (h, w))]
             timings["detect"] = time.perf_counter() - t
 
         def detect() -> tuple[list, float]:
             t0 = time.perf_counter()
-            return detector.detect(small, (h, w)), time.perf_counter() - t0
+            if plan.full:
+                found = detector.detect(small, (h, w))
+            else:
+                found = []
+                for crop, (x0, y0, x1, y1) in crops:
+                    shift = np.array([x0, y0, x0, y0], np.float32)
+                    found += [
+                        FaceDetection(d.box + shift, d.score, d.keypoints + shift[:2])
+                        for d in detector.detect(crop, (y1 - y0, x1 - x0))
+                    ]
+                # A crop's edge can cut a tracked face: that part is not a new face.
+                found = [d for d in found if not any(_mostly_inside(d.box, box) for box in tracked)]
+            return found, time.perf_counter() - t0
 
         def follow(tracks: list) -> float:
             t0 = time.perf_counter()
@@ -258,6 +318,7 @@ class FaceMasker:
         if detected:
             detections, took = job.result() if job is not None else detect()
             timings["detect"] += took
+            self._scanner.scanned(plan, luma(*scan_wh), self.frames - 1)
             self._detected_once = True
             tracker.refresh_holds(detections, now)
             known = {tr.id for tr in tracker.tracks}
@@ -276,7 +337,7 @@ class FaceMasker:
         if self.backend.segmenter is not None:
             t = time.perf_counter()
             sh, sw = self.backend.segmenter.input_hw
-            luma = img.luma(sw, sh)
+            seg_luma = luma(sw, sh)
             last = self._last_mask
             # The person mask is reused for up to segment_every - 1 frames (one more on the
             # detector's frame, p95), and only while the picture outside the tracked faces
@@ -288,13 +349,13 @@ class FaceMasker:
                 age is not None
                 and last[0].frame_hw == (h, w)
                 and age < max(1, cfg.segment_every) + detected
-                and not picture_changed(last[2], luma, [tr.box for tr in tracker.tracks], (h, w))
+                and not picture_changed(last[2], seg_luma, [tr.box for tr in tracker.tracks], (h, w))
             ):
                 mask = last[0]
             else:
                 small_seg = img.scaled(sw, sh, cv2.INTER_LINEAR)  # AREA costs 0.7 ms more here
                 mask = self.backend.segmenter.segment(small_seg, (h, w))
-                self._last_mask = (mask, self.frames, luma)
+                self._last_mask = (mask, self.frames, seg_luma)
             faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
             uncovered_heads = heads_without_faces(mask, faces)
             timings["segment"] = time.perf_counter() - t

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.backends.onnx import YuNetDetector, crop_matrix
-from pipeline.frame_io import TILE, FullRgb, LazyRgb, copy_frame, plane_views, write_rgb_planes
+from pipeline.frame_io import TILE, FullRgb, LazyRgb, copy_frame, plane_views, shrink, write_rgb_planes
 from pipeline.types import CropRoi
 from tests.helpers import have_shared_eval
 
@@ -88,6 +88,28 @@ def test_scaled_from_planes_matches_scaling_the_rgb_frame():
         b = cv2.resize(rgb, size, interpolation=interp).astype(int)
         assert a.shape == b.shape
         assert np.abs(a - b).mean() < tol
+
+
+@pytest.mark.parametrize("src, dst", [((720, 1280), (352, 640)), ((1080, 1920), (352, 640)), ((360, 640), (176, 320)), ((720, 1280), (360, 640))])
+def test_shrink_is_close_to_one_area_resize(src, dst):
+    """Halvings then a linear step: the detector's input, made cheaply (``python -m pipeline.frame_io``)."""
+    rgb = _frame(*src, seed=2).to_ndarray(format="rgb24")
+    a = shrink(rgb, dst[1], dst[0]).astype(int)
+    b = cv2.resize(rgb, (dst[1], dst[0]), interpolation=cv2.INTER_AREA).astype(int)
+    assert a.shape == b.shape
+    assert np.abs(a - b).mean() < 1.5
+
+
+def test_a_scaled_box_is_that_part_of_the_scaled_frame():
+    """What a partial detector scan sees (pipeline/scan.py) is what a whole-frame pass sees there."""
+    frame = _frame(720, 1280, seed=4)
+    for img in (LazyRgb(plane_views(frame)), FullRgb(frame.to_ndarray(format="rgb24"))):
+        whole = img.scaled(640, 360).astype(int)
+        part = img.scaled(160, 96, box=(640, 192, 960, 384)).astype(int)
+        assert part.shape == (96, 160, 3)
+        assert np.abs(part - whole[96:192, 320:480]).mean() < 1.5
+    with pytest.raises(ValueError, match="even"):
+        LazyRgb(plane_views(frame)).scaled(80, 48, box=(1, 0, 161, 96))
 
 
 def test_write_rgb_planes_touches_only_the_region():

@@ -164,17 +164,18 @@ def test_every_mode_masks_every_frame(backend, face_frames, face_boxes, mode):
 
 def test_detector_runs_every_n_frames_while_tracking(backend, face_frames, face_boxes):
     calls = _Wrap(backend.detector, lambda f, *a: f(*a), calls=set())
-    masker, _ = _masker(backend, detector=calls, detect_every=5)
+    masker, _ = _masker(backend, detector=calls, detect_every=5, full_detect_every=1)
     try:
         _run(masker, face_frames[:20], face_boxes[:20], "tracking")
-        assert calls.n == 4  # frames 0, 5, 10, 15
+        assert calls.n == 4  # frames 0, 5, 10, 15, each a whole-frame pass
     finally:
         masker.close()
 
 
-def _cut_in_frames(cut: int, n: int = 12) -> list[av.VideoFrame]:
+def _cut_in_frames(cut: int, n: int = 12, guest_at: tuple[int, int, int, int] = (640, 0, 1280, 720)) -> list[av.VideoFrame]:
     """A tracked face on the left; at frame ``cut`` a second real person cuts in on the
-    right, as a camera switch or a guest joining the shot would."""
+    right (into ``guest_at``, x0 y0 x1 y1; by default the whole right half), as a camera
+    switch or a guest joining the shot would."""
     root = have_shared_eval()
     if root is None:
         pytest.skip("../shared/eval is absent: this test needs real faces")
@@ -194,7 +195,10 @@ def _cut_in_frames(cut: int, n: int = 12) -> list[av.VideoFrame]:
     for i in range(n):
         img = np.zeros((720, 1280, 3), np.uint8)
         img[180:540, :640] = cv2.resize(host[i], (640, 360))
-        img[:, 640:] = cv2.resize(guest[i], (640, 720)) if i >= cut else empty_right
+        img[:, 640:] = empty_right
+        if i >= cut:
+            gx0, gy0, gx1, gy1 = guest_at
+            img[gy0:gy1, gx0:gx1] = cv2.resize(guest[i], (gx1 - gx0, gy1 - gy0))
         f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         f.pts, f.time_base = i, Fraction(1, 30)
         frames.append(f)
@@ -238,6 +242,33 @@ def test_a_newcomer_the_detector_misses_on_its_own_frame_is_covered(backend, cut
     frames = _cut_in_frames(cut, 13)
     left_only = _Wrap(backend.detector, lambda f, *a: [d for d in f(*a) if (d.box[0] + d.box[2]) / 2 < 640])
     assert _unmasked_frames(backend, frames, detector=left_only, detect_every=5, segment_every=3) == []
+
+
+def test_between_whole_frame_passes_the_detector_looks_only_where_the_picture_changed(backend):
+    """The guest cuts in on frame 10, a detector frame that is not a whole-frame pass
+    (full_detect_every 30): that run scans where the guest appeared, far less than the
+    frame, and finds the guest there; the tracked host is not scanned again."""
+    frames = _cut_in_frames(10, 13, guest_at=(840, 160, 1160, 520))  # a third of the right half
+    inputs: list[tuple[int, int]] = []
+    seen = _Wrap(backend.detector, lambda f, rgb, *a: inputs.append(rgb.shape[:2]) or f(rgb, *a))
+    masker, _ = _masker(backend, detector=seen, detect_every=5, full_detect_every=30)
+    fw, fh = masker.backend.detector.input_size(720, 1280)
+    try:
+        for i, f in enumerate(frames):
+            inputs.clear()
+            out = masker.process(f)
+            if i == 0:
+                assert inputs == [(fh, fw)], "the first run scans the whole frame"
+            elif i in (5, 10):
+                assert sum(h * w for h, w in inputs) < 0.5 * fh * fw, f"frame {i} scanned {inputs}"
+            else:
+                assert inputs == []
+            if i == 10:
+                assert len(masker.tracker.tracks) == 2, "the guest was not found by the partial scan"
+                guest = next(t for t in masker.tracker.tracks if t.box[0] > 640)
+                assert_face_masked(f, out, guest.box, "the guest on the frame they were found")
+    finally:
+        masker.close()
 
 
 def test_without_the_change_check_a_reused_mask_lets_the_newcomer_through(backend, second_face_cuts_in, monkeypatch):
@@ -419,7 +450,13 @@ def test_a_head_turned_too_far_is_covered_then_swapped_again(backend, face_frame
     """Frames 4-11: the landmark model reports the head turned 60 degrees (injected on the
     real points). Those frames are covered, counted, and not swapped; once the head turns
     back the persona returns."""
-    turned = _Wrap(backend.landmarker, lambda f, rgb, roi: FaceLandmarks(_turn(f(rgb, roi).points, 60.0), 1.0), calls=set(range(4, 12)))
+    frame_now = [-1]
+
+    def turn(f, rgb, roi):
+        lm = f(rgb, roi)
+        return FaceLandmarks(_turn(lm.points, 60.0), 1.0) if 4 <= frame_now[0] < 12 else lm
+
+    turned = _Wrap(backend.landmarker, turn)
     swapper = _RecordingSwapper()
     seen: Counter = Counter()
     turned.armed = False
@@ -430,6 +467,7 @@ def test_a_head_turned_too_far_is_covered_then_swapped_again(backend, face_frame
     try:
         for i, (f, box) in enumerate(zip(face_frames, face_boxes)):
             swapper.calls.clear()
+            frame_now[0] = i
             out = masker.process(f)
             assert_face_masked(f, out, box, f"frame {i}")
             swapped.append(len(swapper.calls))
