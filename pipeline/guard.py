@@ -125,16 +125,22 @@ def changed_blocks(
     changed = blocks >= level
     if not changed.any():
         return changed
-    fh, fw = frame_hw
-    sx, sy = bw / fw, bh / fh
     for box in faces:
-        mx, my = face_margin * (box[2] - box[0]), face_margin * (box[3] - box[1])
-        # blocks wholly inside the grown box (a partly covered block still counts)
-        x0, y0 = int(np.ceil((box[0] - mx) * sx)), int(np.ceil((box[1] - my) * sy))
-        x1, y1 = int(np.floor((box[2] + mx) * sx)), int(np.floor((box[3] + my) * sy))
-        if x1 > x0 and y1 > y0:
-            changed[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = False
+        x0, y0, x1, y1 = face_blocks(box, face_margin, frame_hw, (bh, bw))
+        changed[y0:y1, x0:x1] = False
     return changed
+
+
+def face_blocks(box: np.ndarray, margin: float, frame_hw: tuple[int, int], blocks_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The blocks (x0, y0, x1, y1, end exclusive; empty when x1 <= x0 or y1 <= y0) wholly
+    inside ``box`` (frame px) grown by ``margin`` of its size: a partly covered block
+    still counts as outside the face."""
+    (fh, fw), (bh, bw) = frame_hw, blocks_hw
+    sx, sy = bw / fw, bh / fh
+    mx, my = margin * (box[2] - box[0]), margin * (box[3] - box[1])
+    x0, y0 = int(np.ceil((box[0] - mx) * sx)), int(np.ceil((box[1] - my) * sy))
+    x1, y1 = int(np.floor((box[2] + mx) * sx)), int(np.floor((box[3] + my) * sy))
+    return max(0, x0), max(0, y0), max(0, min(bw, x1)), max(0, min(bh, y1))
 
 
 def picture_changed(

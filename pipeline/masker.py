@@ -31,7 +31,7 @@ from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
 from pipeline.persona import Persona
 from pipeline.scan import FULL_PLAN, ChangeScanner, ScanPlan, merge_rects
-from pipeline.tracking import FaceTracker, grow_box
+from pipeline.tracking import FaceTracker, grow_box, iou
 from pipeline.types import FaceDetection, PersonMask
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ COVER_MODES = ("blur", "pixelate")
 SWAP_MARGIN = 0.3  # region around a face box handed to a swapper that does not say its footprint
 HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
 SCAN_LUMA_WIDTH = 256  # the change scanner's luma (blocks of 40x40 px at 1280x720, as guard rule 4's)
+CONFIRM_GROW = 0.5  # a partial scan's new face is looked at again in its box grown this much on every side ...
+CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
@@ -233,6 +235,32 @@ class FaceMasker:
             out.append(((bx0, by0, bx1, by1), (cx1 - cx0, cy1 - cy0)))
         return out
 
+    def _detect_crop(self, crop: np.ndarray, box: tuple[int, int, int, int], tracked: list[np.ndarray]) -> list[FaceDetection]:
+        """Faces in ``crop`` (the frame's ``box`` at the detector's scale), in frame px, less
+        those that are mostly a tracked face (a crop's edge can cut one: not a new face)."""
+        x0, y0, x1, y1 = box
+        shift = np.array([x0, y0, x0, y0], np.float32)
+        found = [
+            FaceDetection(d.box + shift, d.score, d.keypoints + shift[:2])
+            for d in self.backend.detector.detect(crop, (y1 - y0, x1 - x0))
+        ]
+        return [d for d in found if not any(_mostly_inside(d.box, t) for t in tracked)]
+
+    def _confirmed(self, img: LazyRgb | FullRgb, found: list[FaceDetection], tracked: list[np.ndarray], frame_hw: tuple[int, int]) -> list[FaceDetection]:
+        """A face a partial scan found, looked at again with its surroundings: kept (as the
+        second look saw it) only if the detector finds it there again. A crop's edge can
+        cut a tracked face into something new-looking, and a crop without context can make
+        a face of the background: neither is one a whole-frame pass would report."""
+        kept = []
+        for d in found:
+            region = tuple(int(v) for v in grow_box(d.box, CONFIRM_GROW, frame_hw))
+            for box, (cw, ch) in self._scan_boxes((region,), frame_hw):
+                again = self._detect_crop(img.scaled(cw, ch, box=box), box, tracked)
+                best = max(again, key=lambda e: iou(e.box, d.box), default=None)
+                if best is not None and iou(best.box, d.box) >= CONFIRM_IOU:
+                    kept.append(best)
+        return kept
+
     def _frame_time(self, frame: av.VideoFrame) -> float:
         """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
         if frame.pts is None or frame.time_base is None:
@@ -290,15 +318,8 @@ class FaceMasker:
             if plan.full:
                 found = detector.detect(small, (h, w))
             else:
-                found = []
-                for crop, (x0, y0, x1, y1) in crops:
-                    shift = np.array([x0, y0, x0, y0], np.float32)
-                    found += [
-                        FaceDetection(d.box + shift, d.score, d.keypoints + shift[:2])
-                        for d in detector.detect(crop, (y1 - y0, x1 - x0))
-                    ]
-                # A crop's edge can cut a tracked face: that part is not a new face.
-                found = [d for d in found if not any(_mostly_inside(d.box, box) for box in tracked)]
+                found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked)]
+                found = self._confirmed(img, found, tracked, (h, w))
             return found, time.perf_counter() - t0
 
         def follow(tracks: list) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.guard import CHANGE_BLOCK, changed_blocks
+from pipeline.guard import CHANGE_BLOCK, changed_blocks, face_blocks
 
 SCAN_GROW_BLOCKS = 1  # a changed area is scanned with this many blocks around it
 TRACKED_MARGIN = 0.0  # a tracked face's own box is left out of the scan (not grown: a newcomer beside it is scanned)
@@ -48,9 +48,14 @@ class ScanPlan:
 FULL_PLAN = ScanPlan(full=True)
 
 
+def _area(r: list[int]) -> int:
+    return max(0, r[2] - r[0]) * max(0, r[3] - r[1])
+
+
 def merge_rects(rects: list[list[int]]) -> list[list[int]]:
-    """Union overlapping (or touching) rects until none overlap."""
-    rects = [r[:] for r in rects]
+    """Replace two overlapping (or touching) rects by their bounding box wherever that box
+    is no bigger than the two together: fewer, never larger, scans."""
+    rects = [r[:] for r in rects if _area(r) > 0]
     merged = True
     while merged:
         merged = False
@@ -58,13 +63,25 @@ def merge_rects(rects: list[list[int]]) -> list[list[int]]:
         for r in rects:
             for o in out:
                 if r[0] <= o[2] and o[0] <= r[2] and r[1] <= o[3] and o[1] <= r[3]:
-                    o[0], o[1], o[2], o[3] = min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])
-                    merged = True
-                    break
+                    box = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
+                    if _area(box) <= _area(o) + _area(r):
+                        o[:] = box
+                        merged = True
+                        break
             else:
                 out.append(r)
         rects = out
     return rects
+
+
+def _minus(rect: list[int], hole: tuple[int, int, int, int]) -> list[list[int]]:
+    """``rect`` less ``hole``: up to four rects (above, below, left, right of it)."""
+    x0, y0, x1, y1 = rect
+    hx0, hy0, hx1, hy1 = max(x0, hole[0]), max(y0, hole[1]), min(x1, hole[2]), min(y1, hole[3])
+    if hx1 <= hx0 or hy1 <= hy0:
+        return [rect]
+    parts = [[x0, y0, x1, hy0], [x0, hy1, x1, y1], [x0, hy0, hx0, hy1], [hx1, hy0, x1, hy1]]
+    return [r for r in parts if _area(r) > 0]
 
 
 class ChangeScanner:
@@ -104,10 +121,15 @@ class ChangeScanner:
         g = SCAN_GROW_BLOCKS
         rects = [
             [max(0, x - g), max(0, y - g), min(bw, x + w + g), min(bh, y + h + g)]
-            for x, y, w, h, _area in stats[1:n]
+            for x, y, w, h, _ in stats[1:n]
         ]
+        # A tracked face's head moving changes a ring of blocks around its box; the box
+        # itself (its blocks are cleared above) is not scanned for that.
+        for box in tracked:
+            hole = face_blocks(box, TRACKED_MARGIN, frame_hw, (bh, bw))
+            rects = [part for r in rects for part in _minus(r, hole)]
         rects = merge_rects(rects)
-        if sum((r[2] - r[0]) * (r[3] - r[1]) for r in rects) > FULL_SHARE * bw * bh:
+        if sum(_area(r) for r in rects) > FULL_SHARE * bw * bh:
             return FULL_PLAN
         lh, lw = luma.shape[:2]
         luma_rects = tuple(

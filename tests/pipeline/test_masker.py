@@ -271,6 +271,29 @@ def test_between_whole_frame_passes_the_detector_looks_only_where_the_picture_ch
         masker.close()
 
 
+def test_a_partial_scans_new_face_is_kept_only_if_a_second_look_finds_it(backend):
+    """The second look with context (``FaceMasker._confirmed``) keeps the guest and drops
+    what a crop alone made up: a piece of the tracked host cut by a crop's edge, and a box
+    of empty backdrop."""
+    from pipeline.frame_io import LazyRgb, plane_views
+    from pipeline.types import FaceDetection
+
+    frame = _cut_in_frames(0, 1, guest_at=(840, 160, 1160, 520))[0]
+    reference = YuNetDetector(detect_width=4096).detect(frame.to_ndarray(format="rgb24"))
+    host = next(d for d in reference if d.box[0] < 640)
+    guest = next(d for d in reference if d.box[0] > 640)
+    hx0, hy0, hx1, hy1 = host.box
+    half_host = FaceDetection(np.array([hx0 + 0.6 * (hx1 - hx0), hy0, hx1 + 0.4 * (hx1 - hx0), hy1], np.float32), 0.9, host.keypoints)
+    backdrop = FaceDetection(np.array([680, 600, 760, 700], np.float32), 0.9, np.zeros((5, 2), np.float32))
+    masker, _ = _masker(backend)
+    try:
+        kept = masker._confirmed(LazyRgb(plane_views(frame)), [half_host, guest, backdrop], [host.box], (720, 1280))
+    finally:
+        masker.close()
+    assert len(kept) == 1
+    assert math.isclose(float(kept[0].box[0]), float(guest.box[0]), abs_tol=20.0)
+
+
 def test_without_the_change_check_a_reused_mask_lets_the_newcomer_through(backend, second_face_cuts_in, monkeypatch):
     """Why the check exists: a mask from the frame before the cut sees nobody on the right."""
     import pipeline.guard

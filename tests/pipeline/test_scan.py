@@ -129,3 +129,27 @@ def test_separate_changes_give_separate_regions():
     plan = scanner.plan(_paint(_paint(ref, *a), *b), [], [], HW, 5)
     assert len(plan.regions) == 2
     assert any(_covers(r, a) for r in plan.regions) and any(_covers(r, b) for r in plan.regions)
+
+
+def test_a_tracked_head_moving_is_scanned_around_its_box_not_across_it():
+    """A talking head's hair and outline change in a ring around its box: the ring is
+    scanned (a newcomer beside the head would be there), the tracked box inside it is not."""
+    scanner, ref = _scanned_once()
+    face = np.array([480, 200, 800, 560], np.float32)
+    moved = ref
+    for x0, y0, x1, y1 in ((440, 160, 840, 200), (440, 560, 840, 600), (440, 200, 480, 560), (800, 200, 840, 560)):
+        moved = _paint(moved, x0, y0, x1, y1)
+    moved = _paint(moved, 520, 240, 760, 520)  # and the face itself, talking
+    plan = scanner.plan(moved, [face], [], HW, 5)
+    assert not plan.full and plan.regions
+    ring_box = (400, 120, 880, 640)  # the ring grown by a block
+    assert all(_covers(ring_box, r) for r in plan.regions)
+    inner = (520, 240, 760, 520)
+    for r in plan.regions:
+        ix = max(0, min(r[2], inner[2]) - max(r[0], inner[0]))
+        iy = max(0, min(r[3], inner[3]) - max(r[1], inner[1]))
+        assert ix * iy == 0, f"{r} scans inside the tracked box"
+    covered = np.zeros(HW, bool)
+    for x0, y0, x1, y1 in plan.regions:
+        covered[y0:y1, x0:x1] = True
+    assert covered[160:200, 440:840].all() and covered[200:560, 440:480].all(), "the ring must be scanned"
