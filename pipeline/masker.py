@@ -1,8 +1,9 @@
 """FaceMasker: the FrameProcessor that replaces every face in a frame, fail closed.
 
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
-tracked or a face is held; with ``parallel_detect`` on its own thread, beside the
-landmarks of the faces already tracked) -> landmarks for each tracked face (crop from
+tracked or a face is held; the whole frame at least every ``full_detect_every`` frames,
+in between only where the picture changed, ``pipeline/scan.py``; with ``parallel_detect``
+on its own thread, beside the landmarks of the faces already tracked) -> landmarks for each tracked face (crop from
 its previous landmarks; a new face's from its detection) -> One Euro smoothing ->
 person segmentation -> swap each face with its persona (or cover it, in blur/pixelate
 mode) -> cover what the privacy guard says.
