@@ -14,7 +14,10 @@ backstop) a detector run scans only
 A talking head in a still room costs the detector nothing between full passes (the frame's
 p95 is the detector's frame, ``docs/benchmarks.md``); a crowd or a moving camera is
 scanned whole, as before. Each block remembers the luma it had when it was last scanned,
-so slow changes add up until they count. Pure logic: luma arrays in, boxes out.
+so slow changes add up until they count. The price: a face the detector missed in a still
+part of the picture is looked for again at the next whole-frame pass, not the next run
+(the person rule, ``guard.heads_without_faces``, covers the head meanwhile if the
+segmenter sees the person). Pure logic: luma arrays in, boxes out.
 """
 
 from __future__ import annotations
