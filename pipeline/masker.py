@@ -106,6 +106,7 @@ class FaceMasker:
         self._detect_pool = ThreadPoolExecutor(1, thread_name_prefix="face-detector") if config.parallel_detect else None
         self._detected_once = False
         self._scanner = ChangeScanner(config.full_detect_every)
+        self._faceless_heads: list[np.ndarray] = []  # the person rule's covers on the last segmented frame
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
@@ -305,8 +306,11 @@ class FaceMasker:
         if detected:
             t = time.perf_counter()
             # Between whole-frame passes, only where the picture changed (pipeline/scan.py).
-            tracked, held = [tr.box for tr in tracker.tracks], [hf.box for hf in tracker.held]
-            plan = self._scanner.plan(luma(*scan_wh), tracked, held, (h, w), self.frames - 1)
+            tracked = [tr.box for tr in tracker.tracks]
+            # lost faces, and heads the person rule covered on the last segmented frame: a
+            # face the detector missed there is looked for on every run, changed or not
+            revisit = [hf.box for hf in tracker.held] + self._faceless_heads
+            plan = self._scanner.plan(luma(*scan_wh), tracked, revisit, (h, w), self.frames - 1)
             # made from the planes, so before or after any stage writes into rgb alike
             if plan.full:
                 small = img.scaled(*detector.input_size(h, w))
@@ -380,6 +384,7 @@ class FaceMasker:
                 self._last_mask = (mask, self.frames, seg_luma)
             faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
             uncovered_heads = heads_without_faces(mask, faces)
+            self._faceless_heads = uncovered_heads
             timings["segment"] = time.perf_counter() - t
 
         rects: list[tuple[int, int, int, int]] = []

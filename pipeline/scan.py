@@ -9,15 +9,16 @@ backstop) a detector run scans only
 - the blocks that changed since the detector last scanned them, outside the tracked faces'
   own boxes (a tracked face is followed by its landmarks; the detector only ever looks for
   new faces), each area grown by SCAN_GROW_BLOCKS so a face's unchanged edge is in view;
-- every held (lost) face's box, grown, so a face that comes back is found again.
+- every held (lost) face's box, grown, so a face that comes back is found again, and
+  every head the person rule covered (a person the segmenter sees, no face found there):
+  a face the detector missed there is looked for on every run, changed or not.
 
 A talking head in a still room costs the detector nothing between full passes (the frame's
 p95 is the detector's frame, ``docs/benchmarks.md``); a crowd or a moving camera is
 scanned whole, as before. Each block remembers the luma it had when it was last scanned,
 so slow changes add up until they count. The price: a face the detector missed in a still
-part of the picture is looked for again at the next whole-frame pass, not the next run
-(the person rule, ``guard.heads_without_faces``, covers the head meanwhile if the
-segmenter sees the person). Pure logic: luma arrays in, boxes out.
+part of the picture, where the segmenter sees no person either, is looked for again at the
+next whole-frame pass, not the next run. Pure logic: luma arrays in, boxes out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pipeline.guard import CHANGE_BLOCK, changed_blocks, face_blocks
 
 SCAN_GROW_BLOCKS = 1  # a changed area is scanned with this many blocks around it
 TRACKED_MARGIN = 0.0  # a tracked face's own box is left out of the scan (not grown: a newcomer beside it is scanned)
-HELD_GROW = 0.3  # a held face's box is scanned this much bigger (as the masker covers it)
+REVISIT_GROW = 0.3  # a held face's or faceless head's box is scanned this much bigger (as a held face is covered)
 FULL_SHARE = 0.5  # when the areas add up to more of the frame than this, scan it whole: one pass is cheaper
 
 
@@ -96,10 +97,11 @@ class ChangeScanner:
         self._last_full: int | None = None  # frame number of the last whole-frame pass
 
     def plan(
-        self, luma: np.ndarray, tracked: list[np.ndarray], held: list[np.ndarray], frame_hw: tuple[int, int], frame: int
+        self, luma: np.ndarray, tracked: list[np.ndarray], revisit: list[np.ndarray], frame_hw: tuple[int, int], frame: int
     ) -> ScanPlan:
         """The scan for frame number ``frame``: ``luma`` is its luma at the scanner's small
-        size, ``tracked`` and ``held`` face boxes in frame px."""
+        size, ``tracked`` the tracked faces' boxes and ``revisit`` boxes always scanned (held
+        faces, faceless heads), in frame px."""
         if (
             self.full_every <= 1
             or self._reference is None
@@ -113,8 +115,8 @@ class ChangeScanner:
         fh, fw = frame_hw
         bh, bw = changed.shape
         sx, sy = bw / fw, bh / fh
-        for box in held:
-            mx, my = HELD_GROW * (box[2] - box[0]), HELD_GROW * (box[3] - box[1])
+        for box in revisit:
+            mx, my = REVISIT_GROW * (box[2] - box[0]), REVISIT_GROW * (box[3] - box[1])
             x0, y0 = int(np.floor((box[0] - mx) * sx)), int(np.floor((box[1] - my) * sy))
             x1, y1 = int(np.ceil((box[2] + mx) * sx)), int(np.ceil((box[3] + my) * sy))
             changed[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True

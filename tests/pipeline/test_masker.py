@@ -271,6 +271,22 @@ def test_between_whole_frame_passes_the_detector_looks_only_where_the_picture_ch
         masker.close()
 
 
+def test_a_head_the_person_rule_covers_is_scanned_on_every_detector_run(backend, face_frames, face_boxes):
+    """The whole-frame passes miss the face (injected: blind at the whole frame's input
+    size) and the picture barely changes: the head the person rule covered is scanned on the
+    next detector run anyway, and the face is found there."""
+    full_hw = backend.detector.input_size(720, 1280)[::-1]
+    blind_whole = _Wrap(backend.detector, lambda f, rgb, *a: [] if rgb.shape[:2] == full_hw else f(rgb, *a))
+    masker, seen = _masker(backend, detector=blind_whole, detect_every=5, full_detect_every=30)
+    try:
+        _run(masker, face_frames[:1], face_boxes[:1], "the first frame, covered by the person rule")
+        assert seen["person_no_face"] >= 1 and not masker.tracker.tracks
+        _run(masker, face_frames[1:4], face_boxes[1:4], "the next frames")
+        assert masker.tracker.tracks, "the face was not found in the covered head"
+    finally:
+        masker.close()
+
+
 def test_a_partial_scans_new_face_is_kept_only_if_a_second_look_finds_it(backend):
     """The second look with context (``FaceMasker._confirmed``) keeps the guest and drops
     what a crop alone made up: a piece of the tracked host cut by a crop's edge, and a box
