@@ -303,6 +303,7 @@ class FaceMasker:
         scan_wh = (SCAN_LUMA_WIDTH, max(2, 2 * round(SCAN_LUMA_WIDTH * h / w / 2)))
         plan: ScanPlan = FULL_PLAN
         crops: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+        tracked: list[np.ndarray] = []
         if detected:
             t = time.perf_counter()
             # Between whole-frame passes, only where the picture changed (pipeline/scan.py).

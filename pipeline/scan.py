@@ -94,7 +94,7 @@ class ChangeScanner:
     def __init__(self, full_every: int) -> None:
         self.full_every = int(full_every)
         self._reference: np.ndarray | None = None  # per block: the luma when the detector last scanned it
-        self._last_full: int | None = None  # frame number of the last whole-frame pass
+        self._last_full = 0  # frame number of the last whole-frame pass (set with the reference)
 
     def plan(
         self, luma: np.ndarray, tracked: list[np.ndarray], revisit: list[np.ndarray], frame_hw: tuple[int, int], frame: int
@@ -102,12 +102,7 @@ class ChangeScanner:
         """The scan for frame number ``frame``: ``luma`` is its luma at the scanner's small
         size, ``tracked`` the tracked faces' boxes and ``revisit`` boxes always scanned (held
         faces, faceless heads), in frame px."""
-        if (
-            self.full_every <= 1
-            or self._reference is None
-            or self._last_full is None
-            or frame - self._last_full >= self.full_every
-        ):
+        if self.full_every <= 1 or self._reference is None or frame - self._last_full >= self.full_every:
             return FULL_PLAN
         changed = changed_blocks(self._reference, luma, tracked, frame_hw, face_margin=TRACKED_MARGIN)
         if changed is None:
