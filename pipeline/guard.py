@@ -23,6 +23,7 @@ from typing import Any, Callable, Generic, TypeVar
 import cv2
 import numpy as np
 
+from pipeline.tracking import inside_share
 from pipeline.types import PersonMask
 
 COVER_REASONS = (
@@ -90,10 +91,7 @@ def _face_in(head: np.ndarray, face: np.ndarray) -> bool:
     cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
     if head[0] - w / 4 <= cx <= head[2] + w / 4 and head[1] - h / 4 <= cy <= head[3] + h / 4:
         return True
-    ix = max(0.0, min(head[2], face[2]) - max(head[0], face[0]))
-    iy = max(0.0, min(head[3], face[3]) - max(head[1], face[1]))
-    area = max(1e-6, (face[2] - face[0]) * (face[3] - face[1]))
-    return ix * iy / area > 0.5
+    return inside_share(face, head) > 0.5
 
 
 CHANGE_BLOCK = 8  # px of the segmenter-sized luma per block (40x40 px of a 1280x720 frame)
@@ -126,20 +124,23 @@ def changed_blocks(
     if not changed.any():
         return changed
     for box in faces:
-        x0, y0, x1, y1 = face_blocks(box, face_margin, frame_hw, (bh, bw))
+        x0, y0, x1, y1 = box_blocks(box, face_margin, frame_hw, (bh, bw))
         changed[y0:y1, x0:x1] = False
     return changed
 
 
-def face_blocks(box: np.ndarray, margin: float, frame_hw: tuple[int, int], blocks_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The blocks (x0, y0, x1, y1, end exclusive; empty when x1 <= x0 or y1 <= y0) wholly
-    inside ``box`` (frame px) grown by ``margin`` of its size: a partly covered block
-    still counts as outside the face."""
+def box_blocks(
+    box: np.ndarray, margin: float, frame_hw: tuple[int, int], blocks_hw: tuple[int, int], *, partly: bool = False
+) -> tuple[int, int, int, int]:
+    """The blocks (x0, y0, x1, y1, end exclusive; empty when x1 <= x0 or y1 <= y0) of
+    ``box`` (frame px) grown by ``margin`` of its size: those wholly inside it (a partly
+    covered block still counts as outside a face), or with ``partly`` every block it touches."""
     (fh, fw), (bh, bw) = frame_hw, blocks_hw
     sx, sy = bw / fw, bh / fh
     mx, my = margin * (box[2] - box[0]), margin * (box[3] - box[1])
-    x0, y0 = int(np.ceil((box[0] - mx) * sx)), int(np.ceil((box[1] - my) * sy))
-    x1, y1 = int(np.floor((box[2] + mx) * sx)), int(np.floor((box[3] + my) * sy))
+    lo, hi = (np.floor, np.ceil) if partly else (np.ceil, np.floor)
+    x0, y0 = int(lo((box[0] - mx) * sx)), int(lo((box[1] - my) * sy))
+    x1, y1 = int(hi((box[2] + mx) * sx)), int(hi((box[3] + my) * sy))
     return max(0, x0), max(0, y0), max(0, min(bw, x1)), max(0, min(bh, y1))
 
 

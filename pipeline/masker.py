@@ -32,7 +32,7 @@ from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
 from pipeline.persona import Persona
 from pipeline.scan import FULL_PLAN, ChangeScanner, ScanPlan, merge_rects
-from pipeline.tracking import FaceTracker, grow_box, iou
+from pipeline.tracking import FaceTracker, grow_box, inside_share, iou
 from pipeline.types import FaceDetection, PersonMask
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
-
-
-def _mostly_inside(box: np.ndarray, outer: np.ndarray) -> bool:
-    """Half or more of ``box`` lies inside ``outer``."""
-    ix = max(0.0, min(box[2], outer[2]) - max(box[0], outer[0]))
-    iy = max(0.0, min(box[3], outer[3]) - max(box[1], outer[1]))
-    return ix * iy >= 0.5 * max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
 
 
 class FaceMasker:
@@ -246,7 +239,7 @@ class FaceMasker:
             FaceDetection(d.box + shift, d.score, d.keypoints + shift[:2])
             for d in self.backend.detector.detect(crop, (y1 - y0, x1 - x0))
         ]
-        return [d for d in found if not any(_mostly_inside(d.box, t) for t in tracked)]
+        return [d for d in found if not any(inside_share(d.box, t) >= 0.5 for t in tracked)]
 
     def _confirmed(self, img: LazyRgb | FullRgb, found: list[FaceDetection], tracked: list[np.ndarray], frame_hw: tuple[int, int]) -> list[FaceDetection]:
         """A face a partial scan found, looked at again with its surroundings: kept (as the

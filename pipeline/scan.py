@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.guard import CHANGE_BLOCK, changed_blocks, face_blocks
+from pipeline.guard import CHANGE_BLOCK, box_blocks, changed_blocks
 
 SCAN_GROW_BLOCKS = 1  # a changed area is scanned with this many blocks around it
 TRACKED_MARGIN = 0.0  # a tracked face's own box is left out of the scan (not grown: a newcomer beside it is scanned)
@@ -109,12 +109,9 @@ class ChangeScanner:
             return FULL_PLAN  # the picture's size changed
         fh, fw = frame_hw
         bh, bw = changed.shape
-        sx, sy = bw / fw, bh / fh
         for box in revisit:
-            mx, my = REVISIT_GROW * (box[2] - box[0]), REVISIT_GROW * (box[3] - box[1])
-            x0, y0 = int(np.floor((box[0] - mx) * sx)), int(np.floor((box[1] - my) * sy))
-            x1, y1 = int(np.ceil((box[2] + mx) * sx)), int(np.ceil((box[3] + my) * sy))
-            changed[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+            x0, y0, x1, y1 = box_blocks(box, REVISIT_GROW, frame_hw, (bh, bw), partly=True)
+            changed[y0:y1, x0:x1] = True
         if not changed.any():
             return ScanPlan(full=False)
         n, _, stats, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
@@ -126,7 +123,7 @@ class ChangeScanner:
         # A tracked face's head moving changes a ring of blocks around its box; the box
         # itself (its blocks are cleared above) is not scanned for that.
         for box in tracked:
-            hole = face_blocks(box, TRACKED_MARGIN, frame_hw, (bh, bw))
+            hole = box_blocks(box, TRACKED_MARGIN, frame_hw, (bh, bw))
             rects = [part for r in rects for part in _minus(r, hole)]
         rects = merge_rects(rects)
         if sum(_area(r) for r in rects) > FULL_SHARE * bw * bh:

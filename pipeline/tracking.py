@@ -48,6 +48,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def inside_share(box: np.ndarray, outer: np.ndarray) -> float:
+    """The share of ``box``'s area that lies inside ``outer``."""
+    ix = max(0.0, min(box[2], outer[2]) - max(box[0], outer[0]))
+    iy = max(0.0, min(box[3], outer[3]) - max(box[1], outer[1]))
+    return float(ix * iy / max(1e-6, (box[2] - box[0]) * (box[3] - box[1])))
+
+
 def grow_box(box: np.ndarray, margin: float, hw: tuple[int, int] | None = None) -> np.ndarray:
     """The box grown by ``margin`` of its size on every side (clipped to the frame if given)."""
     w, h = box[2] - box[0], box[3] - box[1]
