@@ -39,6 +39,7 @@ COVER_REASONS = (
 )
 
 PERSON_THRESHOLD = 0.5
+HEAD_BAND = 0.5  # the head box: the blob's top rows, this many times the blob's width tall
 HEAD_TALL = 1.4  # a head region reaches this many times its own width down the blob (hair to chin)
 MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too far to matter)
 
@@ -69,15 +70,18 @@ def _head_regions(mask: PersonMask) -> list[tuple[np.ndarray, np.ndarray]]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     sx, sy = fw / mw, fh / mh
     heads = []
+    aspect = sx / sy  # mask rows per mask column of the same length in the frame
     for i in range(1, n):
         x, y, w, h, area = stats[i]
         if area < MIN_PERSON_AREA * mh * mw:
             continue
-        band = max(2, min(h, int(round(0.5 * w))))
+        # Heights are set in frame proportions: the segmenter squeezes every frame into
+        # 256x144, so a square or portrait frame's mask pixels are not square.
+        band = max(2, min(h, int(round(HEAD_BAND * w * aspect))))
         rows = labels[y : y + band, x : x + w] == i
         cols = np.flatnonzero(rows.any(axis=0))
         hx0, hx1 = x + cols[0], x + cols[-1] + 1
-        tall = min(h, max(band, int(round(HEAD_TALL * (hx1 - hx0)))))
+        tall = min(h, max(band, int(round(HEAD_TALL * (hx1 - hx0) * aspect))))
         head = np.array([hx0 * sx, y * sy, hx1 * sx, (y + band) * sy], np.float32)
         cover = head.copy()
         cover[3] = (y + tall) * sy
@@ -86,10 +90,16 @@ def _head_regions(mask: PersonMask) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _face_in(head: np.ndarray, face: np.ndarray) -> bool:
-    """A face box whose centre lies in the head box grown by a quarter, or that mostly overlaps it."""
+    """A face box whose centre lies in the head box grown by a quarter, that mostly
+    overlaps it, or whose top edge lies in it (grown the same) with its centre in the
+    head's columns. The last is the close-up: hair fills the top of the blob and the face box
+    (brows to chin) starts in the head box and reaches far under it, centre included."""
     w, h = head[2] - head[0], head[3] - head[1]
     cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
-    if head[0] - w / 4 <= cx <= head[2] + w / 4 and head[1] - h / 4 <= cy <= head[3] + h / 4:
+    in_columns = head[0] - w / 4 <= cx <= head[2] + w / 4
+    if in_columns and head[1] - h / 4 <= cy <= head[3] + h / 4:
+        return True
+    if head[0] <= cx <= head[2] and head[1] - h / 4 <= face[1] <= head[3] + h / 4:
         return True
     return inside_share(face, head) > 0.5
 

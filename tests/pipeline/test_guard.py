@@ -59,6 +59,35 @@ def test_a_close_ups_cover_reaches_its_chin_but_only_the_head_box_claims_faces()
     assert heads_without_faces(mask, [face]) == []
 
 
+def test_a_close_up_face_starting_in_the_head_box_accounts_for_it():
+    """lp_d3 at 1280x720 (a 512x512 clip letterboxed): hair fills the blob's top, so the
+    face box (brows to chin) starts in the head box and its centre lies far under it. The
+    head counted as faceless on every frame and the swapped face was pixelated."""
+    prob = np.zeros((144, 256), np.float32)
+    prob[4:144, 79:185] = 0.9  # 530 frame px wide, hair at the top, cut off at the frame's bottom
+    mask = PersonMask(prob, (720, 1280))
+    (head,) = head_regions(mask)
+    face = np.array([446, 205, 852, 681], np.float32)  # the tracked face, frame px
+    assert (face[1] + face[3]) / 2 > head[3] + (head[3] - head[1]) / 4, "the centre test alone misses it"
+    assert heads_without_faces(mask, [face]) == []
+    beside = face + np.array([500, 0, 500, 0], np.float32)  # the same face outside the head's columns
+    assert len(heads_without_faces(mask, [beside])) == 1
+
+
+@pytest.mark.parametrize("frame_hw", [(720, 1280), (512, 512), (1280, 720)])
+def test_head_boxes_keep_frame_proportions_whatever_the_frame_shape(frame_hw):
+    """The segmenter squeezes every frame into 256x144: a square or portrait frame's mask
+    pixels are not square, and the head box and its cover are sized in the frame's units."""
+    prob = np.zeros((144, 256), np.float32)
+    prob[4:144, 100:160] = 0.9
+    mask = PersonMask(prob, frame_hw)
+    (head,) = head_regions(mask)
+    (cover,) = heads_without_faces(mask, [])
+    width = head[2] - head[0]
+    assert head[3] - head[1] == pytest.approx(0.5 * width, rel=0.1)
+    assert cover[3] - cover[1] == pytest.approx(min(1.4 * width, frame_hw[0] * 140 / 144), rel=0.1)
+
+
 def test_deadline_runner_returns_results_and_errors():
     runner = DeadlineRunner(lambda x: x * 2, 0.5)
     try:

@@ -384,6 +384,49 @@ def test_a_face_the_detector_never_finds_is_covered_through_segmentation(backend
         masker.close()
 
 
+@pytest.fixture(scope="module")
+def close_up() -> tuple[list[av.VideoFrame], list[np.ndarray]]:
+    """lp_d3 (512x512, a face filling it under a head of hair) letterboxed into 1280x720,
+    as a square webcam crop is on a 16:9 stream; boxes from a full-resolution pass."""
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent")
+    frames = []
+    with av.open(str(root / "videos" / "lp_d3.mp4")) as c:
+        for f in c.decode(video=0):
+            canvas = np.zeros((720, 1280, 3), np.uint8)
+            canvas[:, 280:1000] = cv2.resize(f.to_ndarray(format="rgb24"), (720, 720), interpolation=cv2.INTER_LINEAR)
+            frame = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(format="yuv420p")
+            frame.pts = len(frames)
+            frames.append(frame)
+            if len(frames) == 8:
+                break
+    det = YuNetDetector(detect_width=4096)
+    return frames, [det.detect(f.to_ndarray(format="rgb24"))[0].box for f in frames]
+
+
+def test_a_close_up_is_swapped_not_covered_as_a_faceless_head(backend, close_up):
+    """The person rule counted this head as faceless on every frame and pixelated the swap."""
+    frames, boxes = close_up
+    masker, seen = _masker(backend)
+    try:
+        _run(masker, frames, boxes, "close-up")
+        assert masker.tracker.tracks and not seen, f"no guard cover expected, got {dict(seen)}"
+    finally:
+        masker.close()
+
+
+def test_a_close_up_the_detector_never_finds_is_still_covered(backend, close_up):
+    frames, boxes = close_up
+    blind = _Wrap(backend.detector, lambda f, *a: [])
+    masker, seen = _masker(backend, detector=blind)
+    try:
+        _run(masker, frames, boxes, "close-up, detector always blind")
+        assert seen["person_no_face"] >= len(frames) - 1  # the first frame is covered whole
+    finally:
+        masker.close()
+
+
 def test_lost_landmarks_hold_a_cover_at_the_last_place(backend, face_frames, face_boxes):
     def absent(f, rgb, roi):
         lm = f(rgb, roi)
