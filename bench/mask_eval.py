@@ -532,6 +532,7 @@ class ClipResult:
     strangers: list[float] = field(default_factory=list)  # cosine of two different people's input faces
     counters: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # the processor's own counters (e.g. covered frames by reason)
+    events_720p: dict[str, int] = field(default_factory=dict)  # the same, from the 1280x720 timing pass
     timing: TimingStats = field(default_factory=TimingStats)
     timing_720p: TimingStats | None = None
     sample: tuple[np.ndarray, np.ndarray, str] | None = None
@@ -544,6 +545,7 @@ class ClipResult:
             unmasked_frame_share=_share(self.frames_with_unmasked_face, self.frames_with_face),
             flicker_ratio=L.percentiles(self.flicker), stranger_cosine=stranger_summary(self.strangers),
             errors=dict(self.counters), processor_events=dict(self.events),
+            processor_events_1280x720=dict(self.events_720p),
             timing_native=self.timing.summary(),
             timing_1280x720=self.timing_720p.summary() if self.timing_720p is not None else None,
         )
@@ -656,6 +658,7 @@ def evaluate_clip(
                 pacer.wait()
                 run_processor(proc, frame, result.timing_720p, counters, i)
         finally:
+            result.events_720p = dict(_events(proc))
             proc.close()
         for k, v in counters.items():
             result.counters[f"1280x720_{k}"] = v
@@ -948,6 +951,9 @@ def print_summary(report: dict[str, Any]) -> None:
               f"{_fmt(st['share_at_leak'], '.4f')} (the masked faces' leak rate above: {_fmt(o['leak_rate'], '.4f')})")
     if o.get("processor_events") or o.get("errors"):
         print(f"processor events: {o.get('processor_events') or {}}; bench-side errors: {o.get('errors') or {}}")
+    if o.get("processor_events_1280x720"):
+        # Only timed at 1280x720, not judged: these say where the masker covered instead of swapping there.
+        print(f"processor events at 1280x720: {o['processor_events_1280x720']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1041,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
         leak_rate_per_clip={r.name: face_summary(r.faces)["leak_rate"] for r in results},
         errors={k: sum(r.counters.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.counters})},
         processor_events={k: sum(r.events.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.events})},
+        processor_events_1280x720={k: sum(r.events_720p.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.events_720p})},
     )
 
     sheet_path = None
