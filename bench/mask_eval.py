@@ -18,6 +18,7 @@ clips and photos, and measures, against referees that are not the pipeline's own
 
     .venv/bin/python bench/mask_eval.py                       # the real masker, all clips
     .venv/bin/python bench/mask_eval.py --quick               # 2 clips x 30 frames
+    .venv/bin/python bench/mask_eval.py --judge-size 1280x720 # judge the clips as a 720p stream shows them
     .venv/bin/python bench/mask_eval.py --processor identity-standin --sheet none
 
 The evaluation media is read in place (``--eval-dir``, default ``<repo>/../shared/eval``)
@@ -470,6 +471,17 @@ def iter_frames(path: Path, max_frames: int | None, size: tuple[int, int] | None
             yield frame
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280x720' -> (1280, 720); even sides of 16 px and up (yuv420p halves them)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--judge-size: expected WxH, e.g. 1280x720, got {text!r}") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise SystemExit(f"--judge-size: sides must be even and at least 16 px, got {text!r}")
+    return w, h
+
+
 def _events(proc: Any) -> Counter[str]:
     return Counter({str(k): int(v) for k, v in dict(getattr(proc, "events", None) or {}).items()})
 
@@ -595,9 +607,10 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
 
 def evaluate_clip(
     path: Path, make_processor: Callable[[], Any], tools: Tools, max_frames: int | None, *,
-    bench_720p: bool = True, expression: bool = True, pace: bool = True,
+    bench_720p: bool = True, expression: bool = True, pace: bool = True, judge_size: tuple[int, int] | None = None,
 ) -> ClipResult:
-    """Quality metrics at the clip's own size (and timing), then a timing-only pass at 1280x720.
+    """Quality metrics at the clip's own size (or fitted into ``judge_size``), and timing,
+    then a timing-only pass at 1280x720.
 
     With ``pace`` frames are offered no faster than the clip's frame rate, as a live source
     would (the referee's own work between frames usually takes longer anyway).
@@ -610,7 +623,7 @@ def evaluate_clip(
     sample_target = (max_frames or 90) // 2
     best_dist = None
     try:
-        for i, frame in enumerate(iter_frames(path, max_frames)):
+        for i, frame in enumerate(iter_frames(path, max_frames, judge_size)):
             if result is None:
                 result = ClipResult(path.stem, frame.width, frame.height)
             in_rgb = frame.to_ndarray(format="rgb24")
@@ -904,7 +917,8 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def print_summary(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nmask_eval: processor={s['processor']} mode={s['mode']} clips={len(report['videos']['clips'])} "
-          f"max_frames={s['max_frames']} ort_threads={s['ort_threads']}")
+          f"max_frames={s['max_frames']} ort_threads={s['ort_threads']}"
+          + (f" judged at {s['judge_size'][0]}x{s['judge_size'][1]} ('native' below means that size)" if s.get("judge_size") else ""))
     t = report["timing"]
     for label in ("native", "1280x720"):
         ts = t.get(label)
@@ -971,6 +985,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=None, help=f"frames per clip (default {DEFAULT_MAX_FRAMES}; 0 = all)")
     p.add_argument("--quick", action="store_true", help=f"{len(QUICK_CLIPS)} clips x {QUICK_FRAMES} frames (tests, smoke runs)")
     p.add_argument("--no-720p", action="store_true", help="skip the timing pass on frames resized to 1280x720")
+    p.add_argument("--judge-size", default=None, metavar="WxH",
+                   help="judge every clip fitted into this size (letterboxed, as the 1280x720 pass) instead of its own size")
     p.add_argument("--no-pace", action="store_true", help="offer frames back to back instead of at most at the clip's frame rate")
     p.add_argument("--no-images", action="store_true", help="skip the dlib photo recall / masked-photo check")
     p.add_argument("--no-expression", action="store_true", help="skip the landmark (expression) comparison")
@@ -1003,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     max_frames = args.max_frames if args.max_frames is not None else (QUICK_FRAMES if args.quick else DEFAULT_MAX_FRAMES)
     max_frames = None if max_frames == 0 else max_frames
     clips = list_clips(eval_dir, names)
+    judge_size = parse_size(args.judge_size) if args.judge_size else None
     config = pipeline_config(args.overrides)
     persona, persona_id = resolve_persona(args.persona, args.mode) if args.processor == "mask" else (None, None)
     make = processor_factory(args.processor, config, args.mode, persona, args.seed)
@@ -1020,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             r = evaluate_clip(path, make, tools, max_frames, bench_720p=not args.no_720p, expression=not args.no_expression,
-                              pace=not args.no_pace)
+                              pace=not args.no_pace, judge_size=judge_size)
         except (av.error.FFmpegError, ValueError) as exc:
             log(f"  {path.name}: skipped, cannot decode ({exc})")
             continue
@@ -1084,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_dir": str(eval_dir), "clips": [p.name for p in clips], "max_frames": max_frames,
             "ort_threads": int(os.environ.get("HIKARIEDGE_ORT_THREADS", "1")), "cv2_threads": cv2.getNumThreads(),
             "pipeline_config": dataclasses.asdict(config), "bench_size": list(BENCH_SIZE),
+            "judge_size": list(judge_size) if judge_size else None,
             "warmup_frames_excluded": WARMUP_FRAMES, "paced_at_clip_fps": not args.no_pace, "leak_cosine": L.LEAK_COSINE,
             "unchanged_mean_abs_diff": L.UNCHANGED_MEAN_ABS_DIFF,
         },

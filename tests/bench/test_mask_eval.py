@@ -130,6 +130,17 @@ def test_identity_standin_leaks_everything(eval_dir: Path, tools: M.Tools) -> No
     assert s["flicker_ratio"]["p50"] == pytest.approx(1.0)
 
 
+def test_clips_can_be_judged_at_another_size(eval_dir: Path, tools: M.Tools) -> None:
+    """--judge-size: the judged pass sees the clip letterboxed, as a 1280x720 stream does."""
+    r = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.IdentityStandin, tools, 3, bench_720p=False, expression=False, judge_size=(640, 360))
+    assert (r.width, r.height) == (640, 360)
+    assert r.frames_with_face == 3 and r.summary()["leak_rate"] == 1.0  # the identity pass still leaks every face
+    assert M.parse_size("1280x720") == (1280, 720)
+    for bad in ("1280", "1281x720", "8x8", "axb"):
+        with pytest.raises(SystemExit):
+            M.parse_size(bad)
+
+
 def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: M.Tools) -> None:
     crowd = M.evaluate_clip(_clip(eval_dir, "crowd_1080p"), M.IdentityStandin, tools, 4, bench_720p=False, expression=False)
     st = crowd.summary()["stranger_cosine"]
