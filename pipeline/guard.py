@@ -40,7 +40,7 @@ COVER_REASONS = (
 
 PERSON_THRESHOLD = 0.5
 HEAD_BAND = 0.5  # the head box: the blob's top rows, this many times the blob's width tall
-HEAD_TALL = 1.4  # a head region reaches this many times its own width down the blob (hair to chin)
+HEAD_TALL = 2.0  # a head cover reaches this many times the head's width down the blob (hair, a bun, to chin)
 MIN_PERSON_AREA = 0.004  # share of the mask: smaller blobs are noise (or too far to matter)
 
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.guard import CHANGE_LEVEL, DeadlineExceeded, DeadlineRunner, head_regions, heads_without_faces, picture_changed
+from pipeline.guard import CHANGE_LEVEL, HEAD_TALL, DeadlineExceeded, DeadlineRunner, head_regions, heads_without_faces, picture_changed
 from pipeline.types import PersonMask
 
 
@@ -52,7 +52,7 @@ def test_a_close_ups_cover_reaches_its_chin_but_only_the_head_box_claims_faces()
     (cover,) = heads_without_faces(mask, [])
     assert cover[[0, 1, 2]].tolist() == head[[0, 1, 2]].tolist()
     assert head[3] - head[1] == pytest.approx(0.5 * (head[2] - head[0]), rel=0.05)
-    assert cover[3] - cover[1] == pytest.approx(1.4 * (cover[2] - cover[0]), rel=0.05)  # hair to chin
+    assert cover[3] - cover[1] == pytest.approx(HEAD_TALL * (cover[2] - cover[0]), rel=0.05)  # hair to chin
     chin = np.array([520, 460, 780, 560], np.float32)  # a face low in the cover, under the head box
     assert len(heads_without_faces(mask, [chin])) == 1, "a face below the head box must not account for it"
     face = np.array([540, 60, 760, 300], np.float32)
@@ -85,7 +85,7 @@ def test_head_boxes_keep_frame_proportions_whatever_the_frame_shape(frame_hw):
     (cover,) = heads_without_faces(mask, [])
     width = head[2] - head[0]
     assert head[3] - head[1] == pytest.approx(0.5 * width, rel=0.1)
-    assert cover[3] - cover[1] == pytest.approx(min(1.4 * width, frame_hw[0] * 140 / 144), rel=0.1)
+    assert cover[3] - cover[1] == pytest.approx(min(HEAD_TALL * width, frame_hw[0] * 140 / 144), rel=0.1)
 
 
 def test_deadline_runner_returns_results_and_errors():

@@ -384,18 +384,21 @@ def test_a_face_the_detector_never_finds_is_covered_through_segmentation(backend
         masker.close()
 
 
-@pytest.fixture(scope="module")
-def close_up() -> tuple[list[av.VideoFrame], list[np.ndarray]]:
+@pytest.fixture(scope="module", params=["letterboxed", "square"])
+def close_up(request) -> tuple[list[av.VideoFrame], list[np.ndarray]]:
     """lp_d3 (512x512, a face filling it under a head of hair) letterboxed into 1280x720,
-    as a square webcam crop is on a 16:9 stream; boxes from a full-resolution pass."""
+    as a square webcam crop is on a 16:9 stream, and at its own square size (the segmenter
+    squeezes both into 256x144, differently); boxes from a full-resolution pass."""
     root = have_shared_eval()
     if root is None:
         pytest.skip("../shared/eval is absent")
     frames = []
     with av.open(str(root / "videos" / "lp_d3.mp4")) as c:
         for f in c.decode(video=0):
-            canvas = np.zeros((720, 1280, 3), np.uint8)
-            canvas[:, 280:1000] = cv2.resize(f.to_ndarray(format="rgb24"), (720, 720), interpolation=cv2.INTER_LINEAR)
+            canvas = f.to_ndarray(format="rgb24")
+            if request.param == "letterboxed":
+                canvas = np.zeros((720, 1280, 3), np.uint8)
+                canvas[:, 280:1000] = cv2.resize(f.to_ndarray(format="rgb24"), (720, 720), interpolation=cv2.INTER_LINEAR)
             frame = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(format="yuv420p")
             frame.pts = len(frames)
             frames.append(frame)
@@ -423,6 +426,35 @@ def test_a_close_up_the_detector_never_finds_is_still_covered(backend, close_up)
     try:
         _run(masker, frames, boxes, "close-up, detector always blind")
         assert seen["person_no_face"] >= len(frames) - 1  # the first frame is covered whole
+    finally:
+        masker.close()
+
+
+@pytest.mark.parametrize("size", [None, (1280, 720)])
+def test_a_faceless_heads_cover_reaches_the_chin_under_tall_hair(backend, size):
+    """lp_d6: hair gathered in a bun on top makes the person's blob start well above the
+    forehead. With the detector blind the person rule's cover is all there is; at 1.4 head
+    widths it stopped at her mouth (a third of the face box's rows left as they came)."""
+    from bench.mask_eval import iter_frames
+
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent")
+    frames = list(iter_frames(root / "videos" / "lp_d6.mp4", 8, size))
+    reference = YuNetDetector(detect_width=4096)
+    blind = _Wrap(backend.detector, lambda f, *a: [])
+    masker, seen = _masker(backend, detector=blind)
+    try:
+        for i, frame in enumerate(frames):
+            out = masker.process(frame)
+            if i == 0:
+                continue  # covered whole: nothing detected yet
+            (face,) = reference.detect(frame.to_ndarray(format="rgb24"))
+            x0, y0, x1, y1 = np.clip(face.box, 0, [frame.width, frame.height] * 2).astype(int)
+            diff = np.abs(frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].astype(np.int16) - out.to_ndarray(format="rgb24")[y0:y1, x0:x1]).mean(axis=2)
+            unchanged_rows = float(((diff < 3).mean(axis=1) > 0.5).mean())
+            assert unchanged_rows <= 0.03, f"frame {i}: {unchanged_rows:.0%} of the face box's rows came through"
+        assert seen["person_no_face"] >= len(frames) - 1
     finally:
         masker.close()
 
