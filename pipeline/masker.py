@@ -47,10 +47,6 @@ CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
-# A periodic detector run that falls on a frame which must segment (the picture changed) runs
-# on the next frame instead, once: the two stages together made the slowest frames. That
-# frame's fresh person mask covers a faceless head meanwhile, as it does between runs.
-DEFER_DETECTION = True
 
 
 class FaceMasker:
@@ -104,7 +100,6 @@ class FaceMasker:
         self._detected_once = False
         self._scanner = ChangeScanner(config.full_detect_every)
         self._faceless_heads: list[np.ndarray] = []  # the person rule's covers on the last segmented frame
-        self._detect_due = False  # a periodic detector run was deferred to this frame (DEFER_DETECTION)
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
@@ -215,19 +210,6 @@ class FaceMasker:
             self._turned.add(track.id)
         return track.id in self._turned
 
-    def _reusable_mask(self, seg_luma: np.ndarray, frame_hw: tuple[int, int], detected: bool) -> PersonMask | None:
-        """The last person mask, if this frame may reuse it: for up to segment_every - 1
-        frames (one more on the detector's frame, p95), and only while the picture outside
-        the tracked faces has not changed since the mask's own frame (guard rule 4)."""
-        last = self._last_mask
-        if last is None or last[0].frame_hw != frame_hw:
-            return None
-        if self.frames - last[1] >= max(1, self.config.segment_every) + detected:
-            return None
-        if picture_changed(last[2], seg_luma, [tr.box for tr in self.tracker.tracks], frame_hw):
-            return None
-        return last[0]
-
     def _scan_boxes(self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
         """Each region to scan as (even frame box, its size at the detector's scale): grown
         to whole SCAN_ALIGN px of the detector's input (the scale of a whole-frame pass, so
@@ -299,25 +281,17 @@ class FaceMasker:
         timings["convert"] = time.perf_counter() - t
 
         tracker = self.tracker
+        detected = self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection()
+        self.frames += 1
+
+        detector = self.backend.detector
+        small = None
         lumas: dict[tuple[int, int], np.ndarray] = {}
 
         def luma(lw: int, lh: int) -> np.ndarray:
             if (lw, lh) not in lumas:
                 lumas[(lw, lh)] = img.luma(lw, lh)
             return lumas[(lw, lh)]
-
-        forced = tracker.needs_detection()
-        deferred, self._detect_due = self._detect_due, False
-        due = deferred or self.frames % max(1, cfg.detect_every) == 0
-        self.frames += 1
-        if due and not deferred and not forced and DEFER_DETECTION and self.backend.segmenter is not None:
-            sh, sw = self.backend.segmenter.input_hw
-            if self._reusable_mask(luma(sw, sh), (h, w), detected=True) is None:  # it must segment
-                self._detect_due, due = True, False
-        detected = due or forced
-
-        detector = self.backend.detector
-        small = None
 
         scan_wh = (SCAN_LUMA_WIDTH, max(2, 2 * round(SCAN_LUMA_WIDTH * h / w / 2)))
         plan: ScanPlan = FULL_PLAN
@@ -384,11 +358,20 @@ class FaceMasker:
             t = time.perf_counter()
             sh, sw = self.backend.segmenter.input_hw
             seg_luma = luma(sw, sh)
-            # A changed detector frame segments too, though that costs p95 (docs/benchmarks.md):
-            # the detector alone may miss a head that cuts in on that very frame.
-            reused = self._reusable_mask(seg_luma, (h, w), detected)
-            if reused is not None:
-                mask = reused
+            last = self._last_mask
+            # The person mask is reused for up to segment_every - 1 frames (one more on the
+            # detector's frame, p95), and only while the picture outside the tracked faces
+            # has not changed since the mask's own frame (guard rule 4). A changed detector
+            # frame segments too, though that costs p95 (docs/benchmarks.md): the detector
+            # alone may miss a head that cuts in on that very frame.
+            age = self.frames - last[1] if last is not None else None
+            if (
+                age is not None
+                and last[0].frame_hw == (h, w)
+                and age < max(1, cfg.segment_every) + detected
+                and not picture_changed(last[2], seg_luma, [tr.box for tr in tracker.tracks], (h, w))
+            ):
+                mask = last[0]
             else:
                 small_seg = img.scaled(sw, sh, cv2.INTER_LINEAR)  # AREA costs 0.7 ms more here
                 mask = self.backend.segmenter.segment(small_seg, (h, w))
