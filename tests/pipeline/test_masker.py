@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.mask_eval import iter_frames
 from edge_server.config import PipelineConfig
 from pipeline.backends import Backend, create_backend
 from pipeline.backends.onnx import YuNetDetector
@@ -392,18 +393,7 @@ def close_up(request) -> tuple[list[av.VideoFrame], list[np.ndarray]]:
     root = have_shared_eval()
     if root is None:
         pytest.skip("../shared/eval is absent")
-    frames = []
-    with av.open(str(root / "videos" / "lp_d3.mp4")) as c:
-        for f in c.decode(video=0):
-            canvas = f.to_ndarray(format="rgb24")
-            if request.param == "letterboxed":
-                canvas = np.zeros((720, 1280, 3), np.uint8)
-                canvas[:, 280:1000] = cv2.resize(f.to_ndarray(format="rgb24"), (720, 720), interpolation=cv2.INTER_LINEAR)
-            frame = av.VideoFrame.from_ndarray(canvas, format="rgb24").reformat(format="yuv420p")
-            frame.pts = len(frames)
-            frames.append(frame)
-            if len(frames) == 8:
-                break
+    frames = list(iter_frames(root / "videos" / "lp_d3.mp4", 8, (1280, 720) if request.param == "letterboxed" else None))
     det = YuNetDetector(detect_width=4096)
     return frames, [det.detect(f.to_ndarray(format="rgb24"))[0].box for f in frames]
 
@@ -435,8 +425,6 @@ def test_a_faceless_heads_cover_reaches_the_chin_under_tall_hair(backend, size):
     """lp_d6: hair gathered in a bun on top makes the person's blob start well above the
     forehead. With the detector blind the person rule's cover is all there is; at 1.4 head
     widths it stopped at her mouth (a third of the face box's rows left as they came)."""
-    from bench.mask_eval import iter_frames
-
     root = have_shared_eval()
     if root is None:
         pytest.skip("../shared/eval is absent")
