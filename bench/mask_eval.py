@@ -657,7 +657,7 @@ def evaluate_clip(
             prev = (in_rgb, out_rgb)
     finally:
         if result is not None:
-            result.events = {str(k): int(v) for k, v in dict(getattr(proc, "events", None) or {}).items()}
+            result.events = dict(_events(proc))
         proc.close()
     if result is None:
         raise ValueError(f"{path}: no video frames")
