@@ -98,7 +98,8 @@ class PipelineConfig:
     # outside the tracked faces has not changed since its frame (a new person re-runs the segmenter at once)
     cover_style: str = "pixelate"  # how the privacy guard covers: pixelate | blur
     smoothing_min_cutoff: float = 1.0  # One Euro filter on landmarks (Hz)
-    smoothing_beta: float = 0.05
+    smoothing_beta: float = 0.05  # the points about the face's centre: expression, turning (jitter)
+    smoothing_position_beta: float = 1.0  # the face's centre: how closely a moving head is followed
 
 
 @dataclass

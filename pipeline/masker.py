@@ -88,7 +88,9 @@ class FaceMasker:
         self.on_cover = on_cover
         self.on_timings = on_timings
         self.cover_style = config.cover_style if mode in SWAP_MODES else mode
-        self.tracker = FaceTracker(config.smoothing_min_cutoff, config.smoothing_beta, config.hold_s)
+        self.tracker = FaceTracker(
+            config.smoothing_min_cutoff, config.smoothing_beta, config.hold_s, position_beta=config.smoothing_position_beta
+        )
         self.events: Counter[str] = Counter()
         self.frames = 0
         self.last_timings: dict[str, float] = {}

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.types import KP_LEFT_EYE, KP_RIGHT_EYE, CropRoi, FaceDetection, FaceLandmarks
 
 ROI_SCALE = 1.5  # MediaPipe's RectTransformation for the face-mesh crop (square_long)
+POSITION_BETA = 1.0  # One Euro beta of the face's position (its points' centroid), see LandmarkSmoother
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # landmark ids MediaPipe uses for the crop's rotation
 MIN_PRESENCE = 0.5
 
@@ -97,6 +98,30 @@ class OneEuroFilter:
         return self._x.astype(x.dtype)
 
 
+class LandmarkSmoother:
+    """One Euro smoothing of a face's landmarks, split into the face's position and its shape.
+
+    A moving head moves all 468 points together; their noise is each point's own. The
+    points' centroid is therefore almost free of noise (1/sqrt(468) of a point's), and it
+    is followed closely (``position_beta``): a swaying head is not trailed by its persona,
+    which both costs expression error and lets the real face's edge lead the mask. The
+    points about the centroid (expression, turning, scale) keep the per-point filter
+    (``beta``), which smooths a still face's jitter hard.
+    """
+
+    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, position_beta: float = POSITION_BETA) -> None:
+        self.position = OneEuroFilter(min_cutoff, position_beta)
+        self.shape = OneEuroFilter(min_cutoff, beta)
+
+    def __call__(self, points: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
+        centre = points[:, :2].mean(axis=0)
+        shape = points.copy()
+        shape[:, :2] -= centre
+        out = self.shape(shape, t, scale)
+        out[:, :2] += self.position(centre, t, scale)
+        return out
+
+
 @dataclass
 class Track:
     """One face followed across frames."""
@@ -105,7 +130,7 @@ class Track:
     roi: CropRoi
     box: np.ndarray  # last known face box (from landmarks, or the detection)
     slot: int  # persona slot: which of the session's personas this face wears
-    filter: OneEuroFilter
+    filter: LandmarkSmoother
     landmarks: np.ndarray | None = None  # smoothed 468x3, frame px
     last_seen: float = 0.0
     age: int = 0  # frames with landmarks
@@ -132,6 +157,7 @@ class FaceTracker:
     min_cutoff: float = 1.0
     beta: float = 0.05
     hold_s: float = 1.0
+    position_beta: float = POSITION_BETA
     match_iou: float = 0.3
     tracks: list[Track] = field(default_factory=list)
     held: list[HeldFace] = field(default_factory=list)
@@ -166,7 +192,7 @@ class FaceTracker:
                     roi=roi_from_detection(det),
                     box=det.box.copy(),
                     slot=self._free_slot(slot),
-                    filter=OneEuroFilter(self.min_cutoff, self.beta),
+                    filter=LandmarkSmoother(self.min_cutoff, self.beta, self.position_beta),
                     last_seen=now,
                 )
             )

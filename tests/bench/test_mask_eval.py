@@ -215,6 +215,11 @@ def test_real_masker_quick(eval_dir: Path, tmp_path: Path) -> None:
     # the 1280x720 pass is timed, not judged: its guard events say whether it swapped. One
     # clear face per clip (lp_d12 letterboxed) needs no cover for a faceless head there.
     assert overall["processor_events_1280x720"].get("person_no_face", 0) == 0, overall["processor_events_1280x720"]
+    # expression tracking on a head that sways (lp_d12): the persona follows it. With the
+    # face's centre smoothed as hard as its points, the persona trailed him: 0.128 of the
+    # eye distance over these 30 frames (0.068-0.076 now, over three persona draws).
+    sway = report["videos"]["clips"]["lp_d12"]["expression_error"]
+    assert sway["n"] >= 25 and sway["mean"] < 0.095, sway
 
 
 def test_seed_makes_anonymize_runs_repeatable(eval_dir: Path) -> None:
