@@ -100,6 +100,7 @@ class PipelineConfig:
     smoothing_min_cutoff: float = 1.0  # One Euro filter on landmarks (Hz)
     smoothing_beta: float = 0.05  # the points about the face's centre: expression, turning (jitter)
     smoothing_position_beta: float = 1.0  # the face's centre: how closely a moving head is followed
+    smoothing_feature_beta: float = 0.5  # the eyelids and lips about it: blinks and speech
 
 
 @dataclass

@@ -19,6 +19,7 @@ import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections import Counter
+from functools import lru_cache
 from typing import Any, Callable
 
 import av
@@ -30,7 +31,7 @@ from pipeline.cover import cover, cover_i420
 from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, plane_views, write_rgb_planes
 from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
-from pipeline.persona import Persona
+from pipeline.persona import Persona, face_mesh_topology
 from pipeline.scan import FULL_PLAN, ChangeScanner, ScanPlan, merge_rects
 from pipeline.tracking import FaceTracker, grow_box, inside_share, iou
 from pipeline.types import FaceDetection, PersonMask
@@ -89,7 +90,12 @@ class FaceMasker:
         self.on_timings = on_timings
         self.cover_style = config.cover_style if mode in SWAP_MODES else mode
         self.tracker = FaceTracker(
-            config.smoothing_min_cutoff, config.smoothing_beta, config.hold_s, position_beta=config.smoothing_position_beta
+            config.smoothing_min_cutoff,
+            config.smoothing_beta,
+            config.hold_s,
+            position_beta=config.smoothing_position_beta,
+            features=_lids_and_lips(),
+            feature_beta=config.smoothing_feature_beta,
         )
         self.events: Counter[str] = Counter()
         self.frames = 0
@@ -486,3 +492,11 @@ def _keep_timing(out: av.VideoFrame, frame: av.VideoFrame) -> None:
     out.pts = frame.pts
     if frame.time_base is not None:
         out.time_base = frame.time_base
+
+
+@lru_cache(maxsize=1)
+def _lids_and_lips() -> np.ndarray:
+    """Face-mesh indices of the eye loops (the lids) and the lip loops: smoothed lightly."""
+    t = face_mesh_topology()
+    loops = (t.left_eye, t.right_eye, t.lips_outer, t.lips_inner)
+    return np.unique(np.concatenate([np.asarray(x, np.int64) for x in loops]))

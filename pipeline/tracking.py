@@ -17,6 +17,7 @@ from pipeline.types import KP_LEFT_EYE, KP_RIGHT_EYE, CropRoi, FaceDetection, Fa
 
 ROI_SCALE = 1.5  # MediaPipe's RectTransformation for the face-mesh crop (square_long)
 POSITION_BETA = 1.0  # One Euro beta of the face's position (its points' centroid), see LandmarkSmoother
+FEATURE_BETA = 0.5  # ... and of the eyelids and lips about it (blinks, speech), where the rest get ``beta``
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # landmark ids MediaPipe uses for the crop's rotation
 MIN_PRESENCE = 0.5
 
@@ -106,14 +107,30 @@ class LandmarkSmoother:
     is followed closely (``position_beta``): a swaying head is not trailed by its persona,
     which both costs expression error and lets the real face's edge lead the mask. The
     points about the centroid (expression, turning, scale) keep the per-point filter
-    (``beta``), which smooths a still face's jitter hard.
+    (``beta``), which smooths a still face's jitter hard, except ``features`` (indices: the
+    eyelids and lips), which get ``feature_beta``: a blink lasts three or four frames, and
+    at ``beta`` the persona's eyes closed only two thirds of the way, a frame late. The
+    landmark model's lids barely jitter on a still face (docs/benchmarks.md), so following
+    them closely costs little.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, position_beta: float = POSITION_BETA) -> None:
+    def __init__(
+        self,
+        min_cutoff: float = 1.0,
+        beta: float = 0.05,
+        position_beta: float = POSITION_BETA,
+        features: np.ndarray | None = None,
+        feature_beta: float = FEATURE_BETA,
+    ) -> None:
         self.position = OneEuroFilter(min_cutoff, position_beta)
         self.shape = OneEuroFilter(min_cutoff, beta)
+        self.beta, self.features, self.feature_beta = beta, features, feature_beta
 
     def __call__(self, points: np.ndarray, t: float, scale: float = 1.0) -> np.ndarray:
+        if self.features is not None and np.ndim(self.shape.beta) == 0:
+            betas = np.full((len(points), 1), self.beta)
+            betas[self.features] = self.feature_beta
+            self.shape.beta = betas  # per point, broadcast over the coordinates
         centre = points[:, :2].mean(axis=0)
         shape = points.copy()
         shape[:, :2] -= centre
@@ -158,6 +175,8 @@ class FaceTracker:
     beta: float = 0.05
     hold_s: float = 1.0
     position_beta: float = POSITION_BETA
+    features: np.ndarray | None = None  # landmark indices smoothed with feature_beta (LandmarkSmoother)
+    feature_beta: float = FEATURE_BETA
     match_iou: float = 0.3
     tracks: list[Track] = field(default_factory=list)
     held: list[HeldFace] = field(default_factory=list)
@@ -192,7 +211,9 @@ class FaceTracker:
                     roi=roi_from_detection(det),
                     box=det.box.copy(),
                     slot=self._free_slot(slot),
-                    filter=LandmarkSmoother(self.min_cutoff, self.beta, self.position_beta),
+                    filter=LandmarkSmoother(
+                        self.min_cutoff, self.beta, self.position_beta, self.features, self.feature_beta
+                    ),
                     last_seen=now,
                 )
             )
