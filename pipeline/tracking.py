@@ -73,9 +73,9 @@ class OneEuroFilter:
     60 px and one of 600 px: slow drift is smoothed hard (jitter gone), fast motion barely.
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0) -> None:
+    def __init__(self, min_cutoff: float = 1.0, beta: float | np.ndarray = 0.05, d_cutoff: float = 1.0) -> None:
         self.min_cutoff = min_cutoff
-        self.beta = beta
+        self.beta = beta  # an array: one beta per row of the filtered array (per point)
         self.d_cutoff = d_cutoff
         self._x: np.ndarray | None = None
         self._dx: np.ndarray | None = None
