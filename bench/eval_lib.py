@@ -65,6 +65,7 @@ ARCFACE_TEMPLATE = np.array(
 ALIGNED_SIZE = 112
 
 LEAK_COSINE = 0.35  # recognizer cosine at or above which the output still shows the input's identity
+STREAM_MATCH_IOU = 0.3  # an output face stands for the input face it overlaps this much (stream-aligned leak)
 UNCHANGED_MEAN_ABS_DIFF = 3.0  # mean |output - input| (0-255, over the face box) below which the face was left as is
 # A face counts for the identity measure only if the recognizer tells it apart from a
 # featureless version of itself: cosine(face, Gaussian-blurred face) < LEAK_COSINE, blur sigma

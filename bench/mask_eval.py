@@ -109,6 +109,14 @@ DEFINITIONS = {
         "rates and 'cosine' are over identifiable faces only ('*_ungated' keeps every face)"
     ),
     "leak": f"identifiable AND cosine >= {L.LEAK_COSINE}",
+    "cosine_stream_aligned": (
+        "the same recognizer with the output face aligned as someone holding only the stream would align it: the "
+        "independent detector run on the OUTPUT frame, its face with the highest IoU (>= "
+        f"{L.STREAM_MATCH_IOU}) with the input face, aligned on its own keypoints, against the input face aligned "
+        "on the input's. 'cosine' aligns both on the input's keypoints, so a persona that lags the face scores lower "
+        "there than here. 'output_face_not_found' counts input faces with no such output face (no cosine then)"
+    ),
+    "leak_stream_aligned": f"identifiable AND cosine_stream_aligned >= {L.LEAK_COSINE}",
     "stranger_cosine": (
         "the recognizer's floor on the same footage: cosine between the aligned INPUT faces of two different "
         "people in the same frame (both identifiable, both >= 40 px); 'share_at_leak' is the share of such pairs at "
@@ -289,6 +297,7 @@ class FaceResult:
     feature_error: float | None  # the same over the eyes, brows and lips only
     input_presence: float
     output_presence: float
+    stream_cosine: float | None = None  # DEFINITIONS['cosine_stream_aligned']; None: no face found there
 
     @property
     def identifiable(self) -> bool:
@@ -297,6 +306,10 @@ class FaceResult:
     @property
     def leak(self) -> bool:
         return self.identifiable and self.cosine >= L.LEAK_COSINE
+
+    @property
+    def stream_leak(self) -> bool:
+        return self.identifiable and self.stream_cosine is not None and self.stream_cosine >= L.LEAK_COSINE
 
     @property
     def unchanged(self) -> bool:
@@ -322,6 +335,27 @@ def identity_cosines(
     return (e_in * e_out).sum(1), (e_in * e_ref).sum(1), e_in
 
 
+def stream_aligned_cosines(
+    out_rgb: np.ndarray, faces: list[L.Face], e_in: np.ndarray, tools: Tools
+) -> list[float | None]:
+    """Per input face: cosine to the face the independent detector finds at its place in the
+    OUTPUT, aligned on that face's own keypoints (DEFINITIONS['cosine_stream_aligned'])."""
+    found = tools.detector.detect(out_rgb)
+    if not found:
+        return [None] * len(faces)
+    overlap = L.iou_matrix(np.array([f.box for f in faces]), np.array([g.box for g in found]))
+    picks = [int(np.argmax(row)) if row.max() >= L.STREAM_MATCH_IOU else None for row in overlap]
+    wanted = [i for i, k in enumerate(picks) if k is not None]
+    if not wanted:
+        return [None] * len(faces)
+    crops = [L.align_face(out_rgb, matrix=L.alignment_matrix(found[picks[i]].kps)) for i in wanted]
+    e_out = tools.recognizer.embed(np.stack(crops))
+    out: list[float | None] = [None] * len(faces)
+    for row, i in enumerate(wanted):
+        out[i] = float(e_in[i] @ e_out[row])
+    return out
+
+
 def judge_faces(
     in_rgb: np.ndarray, out_rgb: np.ndarray, faces: list[L.Face], tools: Tools, *, expression: bool = True,
     strangers: list[float] | None = None,
@@ -334,6 +368,7 @@ def judge_faces(
     if not faces:
         return []
     cos, self_blur, e_in = identity_cosines(in_rgb, out_rgb, [f.kps for f in faces], tools.recognizer)
+    stream = stream_aligned_cosines(out_rgb, faces, e_in, tools)
     results = []
     for i, f in enumerate(faces):
         diff = L.box_mean_abs_diff(in_rgb, out_rgb, f.box)
@@ -351,6 +386,7 @@ def judge_faces(
                 box=[round(float(v), 1) for v in f.box], size=round(f.size, 1), score=round(f.score, 3),
                 cosine=float(cos[i]), self_blur_cosine=float(self_blur[i]), box_diff=diff,
                 expression_error=err, feature_error=ferr, input_presence=pin, output_presence=pout,
+                stream_cosine=stream[i],
             )
         )
     if strangers is not None:
@@ -593,6 +629,12 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
             )
         },
         "cosine": L.percentiles([f.cosine for f in ident]),
+        "leak_faces_stream_aligned": sum(f.stream_leak for f in faces),
+        "leak_rate_stream_aligned": _share(sum(f.stream_leak for f in ident), len(ident)),
+        "cosine_stream_aligned": {
+            **L.percentiles([f.stream_cosine for f in ident if f.stream_cosine is not None]),
+            "output_face_not_found": sum(f.stream_cosine is None for f in ident),
+        },
         "leak_faces_ungated": sum(f.cosine >= L.LEAK_COSINE for f in faces),
         "cosine_ungated": L.percentiles([f.cosine for f in faces]),
         "expression_error_features": L.percentiles([f.feature_error for f in faces if f.feature_error is not None]),
@@ -958,6 +1000,11 @@ def print_summary(report: dict[str, Any]) -> None:
           f"{_fmt(o['expression_error']['mean'], '.3f')}/{_fmt(o['expression_error']['p95'], '.3f')} "
           f"(eyes, brows, lips {_fmt(o['expression_error_features']['mean'], '.3f')}/{_fmt(o['expression_error_features']['p95'], '.3f')}) "
           f"(output face lost {o['expression_error']['output_face_lost']}); flicker ratio p50 {_fmt(o['flicker_ratio']['p50'])}")
+    sa = o.get("cosine_stream_aligned") or {}
+    if "leak_rate_stream_aligned" in o:
+        print(f"aligned on the stream's own face: leak rate {_fmt(o['leak_rate_stream_aligned'], '.4f')} "
+              f"({o['leak_faces_stream_aligned']} faces), cosine p50/p95/max {_fmt(sa.get('p50'))}/{_fmt(sa.get('p95'))}/"
+              f"{_fmt(sa.get('max'))}, no face found in the output for {sa.get('output_face_not_found', 0)} identifiable faces")
     st = o.get("stranger_cosine") or {}
     if st.get("n"):
         print(f"strangers (two different people's input faces in one frame, {st['n']} pairs): cosine p50/p95/p99/max "

@@ -125,6 +125,9 @@ def test_identity_standin_leaks_everything(eval_dir: Path, tools: M.Tools) -> No
     assert r.frames == 8 and r.frames_with_face == 8
     assert s["leak_rate"] == 1.0 and s["unmasked_frame_share"] == 1.0
     assert s["cosine"]["p50"] > 0.99
+    # aligned on the face found in the output (here the input itself): the same verdict
+    assert s["leak_rate_stream_aligned"] == 1.0 and s["cosine_stream_aligned"]["output_face_not_found"] == 0
+    assert s["cosine_stream_aligned"]["p50"] > 0.99
     assert s["expression_error"]["max"] == pytest.approx(0.0, abs=1e-6)
     assert s["expression_error_features"]["n"] == 8 and s["expression_error_features"]["max"] == pytest.approx(0.0, abs=1e-6)
     assert s["flicker_ratio"]["p50"] == pytest.approx(1.0)
@@ -163,6 +166,7 @@ def test_blur_standin_leaks_nothing(eval_dir: Path, tools: M.Tools) -> None:
     assert r.frames_with_face == 8 and s["identifiable_faces"] == s["faces"] > 0
     assert s["leak_rate"] == 0.0 and s["unmasked_frame_share"] == 0.0
     assert s["cosine"]["max"] < L.LEAK_COSINE
+    assert s["leak_faces_stream_aligned"] == 0
     t = s["timing_1280x720"]
     assert t["frames"] == 8 - M.WARMUP_FRAMES and t["stages_ms"]["total"]["p50"] > 0
     assert not r.counters  # same size, same pts
@@ -201,8 +205,9 @@ def test_real_masker_quick(eval_dir: Path, tmp_path: Path) -> None:
     assert overall["frames_with_face"] > 0
     assert not any(k.endswith(("size_changed", "pts_changed")) and v for k, v in overall["errors"].items())
     # the blueprint's first rule: the real face never reaches the audience. The two quick clips
-    # have one large face each: no frame may show it unmasked.
+    # have one large face each: no frame may show it unmasked, however the stream is aligned.
     assert overall["unmasked_frame_share"] == 0.0, overall
+    assert overall["leak_faces_stream_aligned"] == 0, overall["cosine_stream_aligned"]
     photos = report["images"]["masked_output"]
     assert photos["unchanged_faces"] == 0, photos  # every annotated face was altered
     # 37-53 px faces with a random persona score cosines around 0.3, so a rare one crosses
