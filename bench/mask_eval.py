@@ -72,9 +72,7 @@ def _feature_points() -> np.ndarray:
     """Face-mesh indices of the eyes, brows and lips: the points an expression moves."""
     from pipeline.persona import face_mesh_topology
 
-    t = face_mesh_topology()
-    loops = (t.left_eye, t.right_eye, t.left_eyebrow, t.right_eyebrow, t.lips_outer, t.lips_inner)
-    return np.unique(np.concatenate([np.asarray(x, np.int64) for x in loops]))
+    return face_mesh_topology().points("left_eye", "right_eye", "left_eyebrow", "right_eyebrow", "lips_outer", "lips_inner")
 
 
 _FEATURES = _feature_points()
@@ -340,19 +338,16 @@ def stream_aligned_cosines(
 ) -> list[float | None]:
     """Per input face: cosine to the face the independent detector finds at its place in the
     OUTPUT, aligned on that face's own keypoints (DEFINITIONS['cosine_stream_aligned'])."""
+    out: list[float | None] = [None] * len(faces)
     found = tools.detector.detect(out_rgb)
     if not found:
-        return [None] * len(faces)
+        return out
     overlap = L.iou_matrix(np.array([f.box for f in faces]), np.array([g.box for g in found]))
-    picks = [int(np.argmax(row)) if row.max() >= L.STREAM_MATCH_IOU else None for row in overlap]
-    wanted = [i for i, k in enumerate(picks) if k is not None]
-    if not wanted:
-        return [None] * len(faces)
-    crops = [L.align_face(out_rgb, matrix=L.alignment_matrix(found[picks[i]].kps)) for i in wanted]
-    e_out = tools.recognizer.embed(np.stack(crops))
-    out: list[float | None] = [None] * len(faces)
-    for row, i in enumerate(wanted):
-        out[i] = float(e_in[i] @ e_out[row])
+    pairs = [(i, int(np.argmax(row))) for i, row in enumerate(overlap) if row.max() >= L.STREAM_MATCH_IOU]
+    if pairs:
+        crops = [L.align_face(out_rgb, matrix=L.alignment_matrix(found[k].kps)) for _, k in pairs]
+        for (i, _), e in zip(pairs, tools.recognizer.embed(np.stack(crops))):
+            out[i] = float(e_in[i] @ e)
     return out
 
 

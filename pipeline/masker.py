@@ -502,6 +502,4 @@ def _keep_timing(out: av.VideoFrame, frame: av.VideoFrame) -> None:
 @lru_cache(maxsize=1)
 def _lids_and_lips() -> np.ndarray:
     """Face-mesh indices of the eye loops (the lids) and the lip loops: smoothed lightly."""
-    t = face_mesh_topology()
-    loops = (t.left_eye, t.right_eye, t.lips_outer, t.lips_inner)
-    return np.unique(np.concatenate([np.asarray(x, np.int64) for x in loops]))
+    return face_mesh_topology().points("left_eye", "right_eye", "lips_outer", "lips_inner")

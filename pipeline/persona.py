@@ -62,6 +62,10 @@ class FaceMeshTopology:
     left_eyebrow: list[int]
     right_eyebrow: list[int]
 
+    def points(self, *loops: str) -> np.ndarray:
+        """The sorted landmark indices of the named loops together (e.g. "left_eye", "lips_inner")."""
+        return np.unique(np.concatenate([np.asarray(getattr(self, name), np.int64) for name in loops]))
+
 
 def _loop(groups: dict[str, Any], name: str) -> list[int]:
     loops = groups[name]["loops"]
