@@ -10,7 +10,14 @@ seed, style and size give byte-identical textures and landmarks (a private
 
 Styles: ``soft`` (smooth gradients, gentle features), ``sharp`` (contrast, angular brows
 and jaw, defined lines), ``anime`` (flat cel shading, large eyes, dark outlines, tiny nose
-and mouth), ``ink`` (a monochrome ink-wash portrait: sharp shapes, tinted greys).
+and mouth), ``ink`` (a monochrome ink-wash portrait: sharp shapes, tinted greys) and
+``sculpted`` (soft, then lit as a whole by its own relief: the canonical face's per-pixel
+depth plus the seed's bones and hollows, sockets in shade, nose bridge and forehead in the
+light). In a low-resolution view a face recognizer matches a creator under a flat-lit
+persona by what it leaves around it (hair, outline); under a sculpted one it mostly does
+not. In crowds at full resolution the same relief makes small anonymized faces score closer
+to the people under them, so the anonymize styles stay flat (docs/benchmarks.md, "The
+sculpted style").
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 from pipeline.persona import Persona, canonical_layout, canonical_vertices, face_mesh_topology
 
-STYLES: tuple[str, ...] = ("soft", "sharp", "anime", "ink")
+STYLES: tuple[str, ...] = ("soft", "sharp", "anime", "ink", "sculpted")
 MAX_SEED = 2**63 - 1
 
 
@@ -104,14 +111,16 @@ class _Style(NamedTuple):
     jaw: tuple[float, float]  # lower-face width change
     brow: tuple[float, float]  # brow thickness
     skin_noise: float
+    relief: float  # how much of its own relief's light the face takes (0: none)
 
 
 _STYLES: dict[str, _Style] = {
-    "soft": _Style(9.0, 0.58, 0.9, 0.45, False, (1.12, 1.38), (0.96, 1.06), (0.9, 1.06), (0.92, 1.05), (0.95, 1.3), (-0.08, 0.0), (0.5, 0.8), 1.6),
-    "sharp": _Style(5.0, 0.32, 1.22, 1.0, False, (1.05, 1.3), (0.95, 1.06), (0.94, 1.14), (0.94, 1.1), (0.85, 1.2), (0.0, 0.08), (0.7, 1.05), 3.0),
-    "anime": _Style(2.0, 0.75, 1.0, 1.0, True, (1.75, 2.05), (1.08, 1.16), (0.7, 0.8), (0.7, 0.8), (0.8, 0.9), (-0.14, -0.07), (0.35, 0.5), 0.0),
-    "ink": _Style(4.5, 0.3, 1.3, 1.0, False, (1.05, 1.3), (0.95, 1.05), (0.92, 1.1), (0.92, 1.08), (0.9, 1.2), (-0.04, 0.05), (0.6, 1.0), 4.0),
+    "soft": _Style(9.0, 0.58, 0.9, 0.45, False, (1.12, 1.38), (0.96, 1.06), (0.9, 1.06), (0.92, 1.05), (0.95, 1.3), (-0.08, 0.0), (0.5, 0.8), 1.6, 0.0),
+    "sharp": _Style(5.0, 0.32, 1.22, 1.0, False, (1.05, 1.3), (0.95, 1.06), (0.94, 1.14), (0.94, 1.1), (0.85, 1.2), (0.0, 0.08), (0.7, 1.05), 3.0, 0.0),
+    "anime": _Style(2.0, 0.75, 1.0, 1.0, True, (1.75, 2.05), (1.08, 1.16), (0.7, 0.8), (0.7, 0.8), (0.8, 0.9), (-0.14, -0.07), (0.35, 0.5), 0.0, 0.0),
+    "ink": _Style(4.5, 0.3, 1.3, 1.0, False, (1.05, 1.3), (0.95, 1.05), (0.92, 1.1), (0.92, 1.08), (0.9, 1.2), (-0.04, 0.05), (0.6, 1.0), 4.0, 0.0),
 }
+_STYLES["sculpted"] = _STYLES["soft"]._replace(relief=1.0)  # soft, lit by its own relief
 
 
 # -- arguments ----------------------------------------------------------------------------
@@ -232,6 +241,113 @@ def _perturb(layout: np.ndarray, rng: np.random.Generator, st: _Style, f: float)
     p[up] = mid + (p[up] - mid) * 0.35
     p[low] = mid + (p[low] - mid) * 0.35
     return p.astype(np.float32)
+
+
+# -- relief: the face's depth, lit -----------------------------------------------------------
+
+# The seed's bones and hollows, as depth bumps at face-mesh landmarks: (landmarks, +1
+# raised or -1 sunken, width in face widths, height range in face widths).
+_RELIEF_BUMPS: tuple[tuple[tuple[int, ...], float, float, tuple[float, float]], ...] = (
+    ((116, 345), +1.0, 0.09, (0.01, 0.05)),  # cheekbones
+    ((50, 280), +1.0, 0.10, (0.0, 0.04)),  # cheeks
+    ((6, 197), +1.0, 0.05, (0.0, 0.03)),  # nose bridge
+    ((4,), +1.0, 0.05, (0.0, 0.03)),  # nose tip
+    ((105, 334), +1.0, 0.08, (0.0, 0.035)),  # brow ridge
+    ((159, 386), -1.0, 0.06, (0.005, 0.03)),  # eye sockets
+    ((54, 284), -1.0, 0.10, (0.0, 0.04)),  # temples
+    ((187, 411), -1.0, 0.07, (0.0, 0.035)),  # hollows under the cheekbones
+    ((152,), +1.0, 0.07, (0.0, 0.03)),  # chin
+    ((151,), +1.0, 0.12, (0.0, 0.03)),  # forehead
+    ((205, 425), -1.0, 0.035, (0.0, 0.02)),  # nasolabial folds
+    ((18,), -1.0, 0.04, (0.0, 0.02)),  # below the lower lip
+)
+
+_WRAP = 0.8  # wrapped Lambert: how far light reaches past the terminator, as through skin
+_CAVITY_FLOOR = 0.85  # the darkest a hollow gets from occlusion alone
+_EDGE_FADE = (0.12, 0.65)  # over this share of the face width the relief fades to this much at the edge
+_LIT_RANGE = (0.3, 1.6)  # the relief's light relative to the face's mean
+_SHADOW_GAMMA = (0.8, 1.0, 1.1)  # per channel (RGB): shade keeps more red, as light scattered under skin does
+_EYE_LIT = 0.9  # the eyeballs catch light the socket around them does not: the whites stay white
+
+
+def _mesh_depth(p: np.ndarray, z: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel depth over the mesh laid out at ``p``: each vertex's ``z``, interpolated
+    inside its triangles (nearer triangles drawn last); 0 outside the mesh."""
+    s = _static()
+    tri = s["topo"].triangles
+    idx = np.full(shape, -1, np.int32)
+    pts = _fx(p[tri])
+    for k in s["z_order"]:
+        cv2.fillConvexPoly(idx, pts[k], int(k), cv2.LINE_8, 4)
+    ys, xs = np.nonzero(idx >= 0)
+    corners = p[tri[idx[ys, xs]]]  # n x 3 x 2
+    e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    q = np.stack([xs, ys], axis=1) - corners[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    det = np.where(np.abs(det) < 1e-9, 1e-9, det)
+    b1 = (q[:, 0] * e2[:, 1] - q[:, 1] * e2[:, 0]) / det
+    b2 = (e1[:, 0] * q[:, 1] - e1[:, 1] * q[:, 0]) / det
+    zt = z[tri[idx[ys, xs]]]
+    depth = np.zeros(shape, np.float32)
+    depth[ys, xs] = zt[:, 0] + b1 * (zt[:, 1] - zt[:, 0]) + b2 * (zt[:, 2] - zt[:, 0])
+    return depth
+
+
+def _relief_shading(
+    p: np.ndarray, inside: np.ndarray, face_w: float, light: np.ndarray, st: _Style, blur: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Light on the face's relief (HxW float32, about 0.2..1.2; ``p`` in the image's pixels).
+
+    Depth: MediaPipe's canonical face, scaled to this layout, plus this seed's bumps.
+    Shading: a key light and a weaker fill from the other side on smooth per-pixel normals,
+    darkened in the hollows, and flattened towards the face's edge so that the swap's
+    feathered border shows no dark rim.
+    """
+    s = _static()
+    v = canonical_vertices().astype(np.float64)
+    oval = list(s["topo"].face_oval)
+    z = v[:, 2] * (face_w / float(np.ptp(v[oval, 0])))
+    depth = _mesh_depth(p, z, inside.shape)
+    h, w = inside.shape
+    for ids, sign, sigma, (lo, hi) in _RELIEF_BUMPS:
+        amp = sign * rng.uniform(lo, hi) * face_w
+        for i in ids:
+            sg = sigma * face_w * rng.uniform(0.8, 1.25)
+            a = amp * rng.uniform(0.85, 1.15)
+            cx, cy = p[i]
+            x0, x1 = max(0, int(cx - 3 * sg)), min(w, int(cx + 3 * sg) + 1)
+            y0, y1 = max(0, int(cy - 3 * sg)), min(h, int(cy + 3 * sg) + 1)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            gx = np.exp(-((np.arange(x0, x1) - cx) ** 2) / (2 * sg * sg))
+            gy = np.exp(-((np.arange(y0, y1) - cy) ** 2) / (2 * sg * sg))
+            depth[y0:y1, x0:x1] += (a * np.outer(gy, gx) * inside[y0:y1, x0:x1]).astype(np.float32)
+    # carry the edge's depth on outside the face, then smooth away the triangles' facets
+    fin = inside.astype(np.float32)
+    sig = 0.04 * face_w
+    outer = cv2.GaussianBlur(depth, (0, 0), sig) / np.maximum(cv2.GaussianBlur(fin, (0, 0), sig), 1e-3)
+    depth = cv2.GaussianBlur(np.where(inside, depth, outer).astype(np.float32), (0, 0), 0.02 * face_w)
+    gx = cv2.Sobel(depth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(depth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    norm = np.sqrt(gx * gx + gy * gy + 1.0)
+    key = np.array([light[0], -light[1], light[2]], np.float32)  # the image's y points down
+    fill = np.array([-light[0], 0.1, 1.0], np.float32)
+    fill /= np.linalg.norm(fill)
+    lit = np.clip(((key[2] - gx * key[0] - gy * key[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
+    lit += 0.3 * np.clip(((fill[2] - gx * fill[0] - gy * fill[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
+    lit /= 1.3
+    cavity = depth - cv2.GaussianBlur(depth, (0, 0), 0.06 * face_w)
+    shade = (st.ambient + (1.0 - st.ambient) * lit) * np.clip(1.0 + cavity / (0.02 * face_w), _CAVITY_FLOOR, 1.1)
+    mean = float(shade[inside].mean())
+    edge = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) / (_EDGE_FADE[0] * face_w)
+    edge = np.clip(edge, 0.0, 1.0)
+    keep = _EDGE_FADE[1] + (1.0 - _EDGE_FADE[1]) * edge * edge * (3.0 - 2.0 * edge)
+    shade = mean + (shade - mean) * keep
+    # outside the face the light fades to the mean within a few pixels: the swap blends only a
+    # thin band there, and hair, neck and backdrop keep their own shading
+    out = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
+    shade = np.where(inside, shade, mean + (np.minimum(shade, mean) - mean) * np.exp(-out / (0.02 * face_w)))
+    return cv2.GaussianBlur(shade.astype(np.float32), (0, 0), max(0.5, blur))
 
 
 # -- painting helpers ---------------------------------------------------------------------
@@ -387,6 +503,17 @@ def render_procedural(
     m = np.stack([skin - shadow, high - skin, shadow], axis=1).astype(np.float32)
     face = cv2.transform(np.dstack([shade, hl]), m)
 
+    # -- relief (sculpted): this seed's bones and hollows, lit by the same light. Applied once
+    # everything is painted, so that eyes, brows and lips sit in it too.
+    lit = None
+    if st.relief > 0:
+        relief = _relief_shading(half(p), inside > 0, face_w * hf, light, st, 0.5, _rng(seed, style + "/relief"))
+        lit = np.clip(1.0 + (relief / float(relief[inside > 0].mean()) - 1.0) * st.relief, *_LIT_RANGE)
+        eyes = np.zeros((hs, hs), np.float32)
+        cv2.fillPoly(eyes, [_fx(half(p[list(loop)])) for loop in (topo.left_eye, topo.right_eye)], 1.0, cv2.LINE_AA, 4)
+        eyes = cv2.GaussianBlur(eyes, (0, 0), 1.0 * f)
+        lit += (np.maximum(lit, _EYE_LIT) - lit) * eyes
+
     # -- hair, neck and backdrop outside the face (the swap uses the oval plus a thin band)
     outside = np.empty((hs, hs, 3), np.float32)
     outside[:] = backdrop
@@ -436,7 +563,7 @@ def render_procedural(
                 q = np.array([[c[0] + k * 0.45 * r - 0.15 * r, c[1] + 0.2 * r], [c[0] + k * 0.45 * r + 0.15 * r, c[1] - 0.2 * r]])
                 _stamp(img, _box(q, 3, img.shape), _line(q, 1.5 * f), (225, 110, 120), 0.6)
         else:
-            amt = rng.uniform(0.08, 0.22) if style == "soft" else rng.uniform(0.04, 0.14)
+            amt = rng.uniform(0.08, 0.22) if style in ("soft", "sculpted") else rng.uniform(0.04, 0.14)
             _stamp(img, _box(c[None], 2.5 * r, img.shape), _ellipse(c, (r, r * 0.75)), blush, amt, 0.6 * r)
     if style in ("sharp", "ink"):
         for a, b in ((117, 205), (346, 425)):  # hollow under the cheekbone
@@ -470,7 +597,7 @@ def render_procedural(
         q = np.array([c + [-0.22 * mouth_w, -1.0 * f], c + [0.0, 1.0 * f], c + [0.22 * mouth_w, -1.0 * f]])
         _stamp(img, lbox, _line(_smooth_curve(q, 9), 2.0 * f), shadow * 0.5, 0.9)
     else:
-        edge_blur = (1.4 if style == "soft" else 0.7) * f
+        edge_blur = (1.4 if style in ("soft", "sculpted") else 0.7) * f
         _stamp(img, lbox, _poly(lo), lips, 0.92, edge_blur)
         upper_poly = np.concatenate([lo[[0]], lo[19:10:-1], lo[[10]], seam[::-1]])
         _stamp(img, lbox, _poly(upper_poly), lips * 0.8, 0.7, edge_blur)
@@ -512,12 +639,12 @@ def render_procedural(
         if anime:
             _stamp(img, box, _poly(poly), brow_col, 0.95, 0.6 * f)
         else:
-            m = _stamp(img, box, _poly(poly), brow_col, 0.0, (1.8 if style == "soft" else 0.7) * f)
+            m = _stamp(img, box, _poly(poly), brow_col, 0.0, (1.8 if style in ("soft", "sculpted") else 0.7) * f)
             if m is not None:
                 x0, y0, x1, y1 = box
                 hairs = 0.75 + 0.25 * rng.random(m.shape, dtype=np.float32)
                 hairs = cv2.GaussianBlur(hairs, (0, 0), sigmaX=1.5 * f, sigmaY=0.4 * f)
-                a = (m * np.clip(hairs * 1.2, 0, 1) * (0.8 if style == "soft" else 0.92))[..., None]
+                a = (m * np.clip(hairs * 1.2, 0, 1) * (0.8 if style in ("soft", "sculpted") else 0.92))[..., None]
                 img[y0:y1, x0:x1] += (brow_col - img[y0:y1, x0:x1]) * a
 
     # -- eyes, drawn inside the eye loops
@@ -585,7 +712,7 @@ def render_procedural(
         rim = _smooth_curve(lower_lid, 16) + np.array([0.0, -0.6 * f])
         _stamp(img, box, _line(rim, 1.6 * f), lash * 0.5 + shadow * 0.5, 0.8, 0.4 * f)
         lash_line = _smooth_curve(upper_lid, 24)
-        thick = (1.8 if style == "soft" else 2.6) * f
+        thick = (1.8 if style in ("soft", "sculpted") else 2.6) * f
         if anime:
             thick = 3.6 * f
             wing = np.array([outer + (outer - inner) * 0.1 + [0, -0.12 * eye_h]])
@@ -602,6 +729,9 @@ def render_procedural(
         jaw = oval[8:29]
         _stamp(img, _box(jaw, 6 * f, img.shape), _line(_smooth_curve(jaw, 48), 2.6 * f), skin * 0.45, 0.9, 0.4 * f)
 
+    if lit is not None:
+        light_map = cv2.resize(lit, (size, size), interpolation=cv2.INTER_LINEAR)
+        img *= np.power(np.maximum(light_map, 1e-3)[..., None], np.array(_SHADOW_GAMMA, np.float32))
     if style == "ink":  # monochrome, contrast 1.15 about mid grey, warm or cool paper tint
         tint = np.array([1.0, 0.97, 0.9], np.float32) if rng.random() < 0.5 else np.array([0.92, 0.97, 1.02], np.float32)
         lin = tint[:, None] * (1.15 * np.array([0.299, 0.587, 0.114], np.float32))[None, :]

@@ -180,3 +180,36 @@ def test_ephemeral() -> None:
     assert styles == set(ANONYMIZE_STYLES)  # realistic styles only, both used
     assert ephemeral_persona(2**63 - 1).kind == "ephemeral"
     assert ephemeral_persona(-5).kind == "ephemeral"
+
+
+def _relief(seed: int, light: tuple[float, float, float] = (0.0, 0.4, 1.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The relief's light over the canonical layout at 256 px (light from above), its face mask
+    and the layout."""
+    from pipeline.procedural import _STYLES, _relief_shading, _rng
+
+    lay = canonical_layout(256).astype(np.float64)
+    inside = _poly_mask((256, 256), lay[face_mesh_topology().face_oval])
+    face_w = float(np.ptp(lay[face_mesh_topology().face_oval, 0]))
+    lv = np.asarray(light) / np.linalg.norm(light)
+    shade = _relief_shading(lay, inside, face_w, lv, _STYLES["sculpted"], 0.5, _rng(seed, "sculpted/relief"))
+    return shade / float(shade[inside].mean()), inside, lay
+
+
+def test_relief_shades_the_sockets_and_lights_the_forehead() -> None:
+    """Lit from above, the eye sockets (above the upper lids) fall in shade and the forehead and
+    the nose bridge catch the light: what the canonical face's flat triangles missed."""
+    lit, _, lay = _relief(1)
+
+    def at(*idx: int) -> float:
+        return float(np.mean([lit[int(lay[i, 1]) - 2 : int(lay[i, 1]) + 3, int(lay[i, 0]) - 2 : int(lay[i, 0]) + 3].mean() for i in idx]))
+
+    sockets, forehead, bridge = at(27, 257), at(151), at(6)
+    assert sockets < 0.85 and forehead > 1.05 and bridge > 1.05, (sockets, forehead, bridge)
+
+
+def test_relief_fades_out_beyond_the_face() -> None:
+    """Hair, neck and backdrop keep their own shading: a few pixels outside the oval the relief's
+    light is back at the face's mean (no dark halo in the feather band or the preview)."""
+    lit, inside, _ = _relief(2)
+    far = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5) > 20
+    assert np.abs(lit[far] - 1.0).max() < 0.02
