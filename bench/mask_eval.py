@@ -229,9 +229,12 @@ def resolve_persona(persona_id: str | None, mode: str) -> tuple[Any, str | None]
         return None, None
     ids = [b.id for b in getattr(procedural, "BUILTIN_PERSONAS", ())]
     persona_id = persona_id or (ids[0] if ids else None)
+    style, _, seed = (persona_id or "").partition(":")
+    if seed.isdigit() and style in procedural.STYLES:  # a procedural one, STYLE:SEED
+        return procedural.render_procedural(int(seed), style), persona_id
     persona = procedural.builtin_persona(persona_id) if persona_id else None
     if persona is None:
-        raise SystemExit(f"no builtin persona {persona_id!r} (builtins: {', '.join(ids) or 'none'})")
+        raise SystemExit(f"no builtin persona {persona_id!r} (builtins: {', '.join(ids) or 'none'}; or STYLE:SEED)")
     return persona, persona_id
 
 
@@ -1021,7 +1024,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="masking mode passed to build_processor (blur/pixelate: cover modes, no swap)")
     p.add_argument("--seed", type=int, default=None,
                    help="anonymize personas from this seed (+1 per processor made) instead of at random: repeatable runs")
-    p.add_argument("--persona", default=None, help="builtin persona id (persona mode; None when pipeline.procedural is absent)")
+    p.add_argument("--persona", default=None, help="builtin persona id or STYLE:SEED, e.g. sculpted:101 (persona mode; None when pipeline.procedural is absent)")
     p.add_argument("--clips", action="append", default=None,
                    help="clip file names or stems, comma-separated or repeated (default: every clip in videos/)")
     p.add_argument("--max-frames", type=int, default=None, help=f"frames per clip (default {DEFAULT_MAX_FRAMES}; 0 = all)")
