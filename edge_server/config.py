@@ -88,7 +88,9 @@ class PipelineConfig:
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     persona_shape: float = 1.0  # how far the persona's own proportions replace the creator's (0..1)
-    min_face_px: int = 20  # faces smaller than this (box side, frame px) are covered, not swapped
+    # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a
+    # persona is a few pixels of shading that a recognizer reads as any face, the input included
+    min_face_px: int = 40
     max_yaw_deg: float = 40.0  # a head turned further than this (left or right) is covered, not swapped:
     # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
