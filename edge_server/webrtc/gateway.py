@@ -8,6 +8,7 @@ leaves a session stuck live.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -25,6 +26,8 @@ from signaling.service import PublishDenied, SessionService
 from signaling.whip import PeerAnswer, WebRtcError, WebRtcHttpSettings
 
 log = logging.getLogger(__name__)
+
+DELETE_WAIT_S = 3.0  # a WHIP/WHEP DELETE is answered within this even while the peer still closes
 
 
 def _h264_preferences() -> list:
@@ -157,7 +160,10 @@ class WebRtcGateway:
         if peer is None:
             return False
         peer.close("DELETE")
-        await peer.wait_closed()
+        try:  # answer once the peer is down, or after DELETE_WAIT_S while it finishes closing
+            await asyncio.wait_for(peer.wait_closed(), DELETE_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("%s %s of session %s still closing after %.0f s; DELETE answered", protocol.upper(), resource_id[:6], session_id, DELETE_WAIT_S)
         return True
 
     # -- life cycle -----------------------------------------------------------------------------

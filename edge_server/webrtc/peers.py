@@ -20,6 +20,8 @@ from edge_server.runtime import SessionRuntime
 from edge_server.webrtc.hub import ViewerHub
 from edge_server.webrtc.tracks import EncodedAudioTrack, EncodedVideoTrack
 
+PC_CLOSE_TIMEOUT_S = 5.0  # the longest a peer connection's close may take before the peer is dropped
+
 log = logging.getLogger(__name__)
 
 
@@ -126,7 +128,12 @@ class _Peer:
             await self._teardown()
         finally:
             try:
-                await self.pc.close()
+                # bounded: aiortc's close can stall on a transport that never finishes
+                # (aiortc#283); the resource is gone for the client either way
+                await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("%s %s of session %s: the peer connection did not close within %.0f s; dropped",
+                            self.protocol.upper(), self.resource_id[:6], self.session_id, PC_CLOSE_TIMEOUT_S)
             except Exception:  # aiortc may complain about a half-built connection; it is gone either way
                 log.debug("closing a peer connection failed", exc_info=True)
             self._on_closed(self)
