@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from pipeline.persona import Persona, canonical_layout, canonical_vertices, face_mesh_topology
+from pipeline.swap import rasterize_affine
 
 STYLES: tuple[str, ...] = ("soft", "sharp", "anime", "ink", "sculpted")
 MAX_SEED = 2**63 - 1
@@ -270,31 +271,8 @@ _SHADOW_GAMMA = (0.8, 1.0, 1.1)  # per channel (RGB): shade keeps more red, as l
 _EYE_LIT = 0.9  # the eyeballs catch light the socket around them does not: the whites stay white
 
 
-def _mesh_depth(p: np.ndarray, z: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Per-pixel depth over the mesh laid out at ``p``: each vertex's ``z``, interpolated
-    inside its triangles (nearer triangles drawn last); 0 outside the mesh."""
-    s = _static()
-    tri = s["topo"].triangles
-    idx = np.full(shape, -1, np.int32)
-    pts = _fx(p[tri])
-    for k in s["z_order"]:
-        cv2.fillConvexPoly(idx, pts[k], int(k), cv2.LINE_8, 4)
-    ys, xs = np.nonzero(idx >= 0)
-    corners = p[tri[idx[ys, xs]]]  # n x 3 x 2
-    e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
-    q = np.stack([xs, ys], axis=1) - corners[:, 0]
-    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    det = np.where(np.abs(det) < 1e-9, 1e-9, det)
-    b1 = (q[:, 0] * e2[:, 1] - q[:, 1] * e2[:, 0]) / det
-    b2 = (e1[:, 0] * q[:, 1] - e1[:, 1] * q[:, 0]) / det
-    zt = z[tri[idx[ys, xs]]]
-    depth = np.zeros(shape, np.float32)
-    depth[ys, xs] = zt[:, 0] + b1 * (zt[:, 1] - zt[:, 0]) + b2 * (zt[:, 2] - zt[:, 0])
-    return depth
-
-
 def _relief_shading(
-    p: np.ndarray, inside: np.ndarray, face_w: float, light: np.ndarray, st: _Style, blur: float, rng: np.random.Generator
+    p: np.ndarray, inside: np.ndarray, face_w: float, light: np.ndarray, ambient: float, blur: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Light on the face's relief (HxW float32, about 0.2..1.2; ``p`` in the image's pixels).
 
@@ -307,8 +285,11 @@ def _relief_shading(
     v = canonical_vertices().astype(np.float64)
     oval = list(s["topo"].face_oval)
     z = v[:, 2] * (face_w / float(np.ptp(v[oval, 0])))
-    depth = _mesh_depth(p, z, inside.shape)
     h, w = inside.shape
+    order = s["z_order"]  # far to near: where triangles overlap the nearer one wins
+    tri = s["topo"].triangles[order]
+    values, covered = rasterize_affine(p[tri], z[tri][:, :, None], w, h)
+    depth = np.where(covered, values[:, 0], 0.0).reshape(h, w).astype(np.float32)
     for ids, sign, sigma, (lo, hi) in _RELIEF_BUMPS:
         amp = sign * rng.uniform(lo, hi) * face_w
         for i in ids:
@@ -337,7 +318,7 @@ def _relief_shading(
     lit += 0.3 * np.clip(((fill[2] - gx * fill[0] - gy * fill[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
     lit /= 1.3
     cavity = depth - cv2.GaussianBlur(depth, (0, 0), 0.06 * face_w)
-    shade = (st.ambient + (1.0 - st.ambient) * lit) * np.clip(1.0 + cavity / (0.02 * face_w), _CAVITY_FLOOR, 1.1)
+    shade = (ambient + (1.0 - ambient) * lit) * np.clip(1.0 + cavity / (0.02 * face_w), _CAVITY_FLOOR, 1.1)
     mean = float(shade[inside].mean())
     edge = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) / (_EDGE_FADE[0] * face_w)
     edge = np.clip(edge, 0.0, 1.0)
@@ -438,6 +419,7 @@ def render_procedural(
 
     # -- the person
     anime = style == "anime"
+    gentle = style in ("soft", "sculpted")  # the soft style's lines and blurs (sculpted is soft, relit)
     if anime:
         skin = _pick(rng, _ANIME_SKIN, tint=0.015)
         iris = _pick(rng, _ANIME_EYES)
@@ -503,17 +485,6 @@ def render_procedural(
     m = np.stack([skin - shadow, high - skin, shadow], axis=1).astype(np.float32)
     face = cv2.transform(np.dstack([shade, hl]), m)
 
-    # -- relief (sculpted): this seed's bones and hollows, lit by the same light. Applied once
-    # everything is painted, so that eyes, brows and lips sit in it too.
-    lit = None
-    if st.relief > 0:
-        relief = _relief_shading(half(p), inside > 0, face_w * hf, light, st, 0.5, _rng(seed, style + "/relief"))
-        lit = np.clip(1.0 + (relief / float(relief[inside > 0].mean()) - 1.0) * st.relief, *_LIT_RANGE)
-        eyes = np.zeros((hs, hs), np.float32)
-        cv2.fillPoly(eyes, [_fx(half(p[list(loop)])) for loop in (topo.left_eye, topo.right_eye)], 1.0, cv2.LINE_AA, 4)
-        eyes = cv2.GaussianBlur(eyes, (0, 0), 1.0 * f)
-        lit += (np.maximum(lit, _EYE_LIT) - lit) * eyes
-
     # -- hair, neck and backdrop outside the face (the swap uses the oval plus a thin band)
     outside = np.empty((hs, hs, 3), np.float32)
     outside[:] = backdrop
@@ -563,7 +534,7 @@ def render_procedural(
                 q = np.array([[c[0] + k * 0.45 * r - 0.15 * r, c[1] + 0.2 * r], [c[0] + k * 0.45 * r + 0.15 * r, c[1] - 0.2 * r]])
                 _stamp(img, _box(q, 3, img.shape), _line(q, 1.5 * f), (225, 110, 120), 0.6)
         else:
-            amt = rng.uniform(0.08, 0.22) if style in ("soft", "sculpted") else rng.uniform(0.04, 0.14)
+            amt = rng.uniform(0.08, 0.22) if gentle else rng.uniform(0.04, 0.14)
             _stamp(img, _box(c[None], 2.5 * r, img.shape), _ellipse(c, (r, r * 0.75)), blush, amt, 0.6 * r)
     if style in ("sharp", "ink"):
         for a, b in ((117, 205), (346, 425)):  # hollow under the cheekbone
@@ -597,7 +568,7 @@ def render_procedural(
         q = np.array([c + [-0.22 * mouth_w, -1.0 * f], c + [0.0, 1.0 * f], c + [0.22 * mouth_w, -1.0 * f]])
         _stamp(img, lbox, _line(_smooth_curve(q, 9), 2.0 * f), shadow * 0.5, 0.9)
     else:
-        edge_blur = (1.4 if style in ("soft", "sculpted") else 0.7) * f
+        edge_blur = (1.4 if gentle else 0.7) * f
         _stamp(img, lbox, _poly(lo), lips, 0.92, edge_blur)
         upper_poly = np.concatenate([lo[[0]], lo[19:10:-1], lo[[10]], seam[::-1]])
         _stamp(img, lbox, _poly(upper_poly), lips * 0.8, 0.7, edge_blur)
@@ -639,12 +610,12 @@ def render_procedural(
         if anime:
             _stamp(img, box, _poly(poly), brow_col, 0.95, 0.6 * f)
         else:
-            m = _stamp(img, box, _poly(poly), brow_col, 0.0, (1.8 if style in ("soft", "sculpted") else 0.7) * f)
+            m = _stamp(img, box, _poly(poly), brow_col, 0.0, (1.8 if gentle else 0.7) * f)
             if m is not None:
                 x0, y0, x1, y1 = box
                 hairs = 0.75 + 0.25 * rng.random(m.shape, dtype=np.float32)
                 hairs = cv2.GaussianBlur(hairs, (0, 0), sigmaX=1.5 * f, sigmaY=0.4 * f)
-                a = (m * np.clip(hairs * 1.2, 0, 1) * (0.8 if style in ("soft", "sculpted") else 0.92))[..., None]
+                a = (m * np.clip(hairs * 1.2, 0, 1) * (0.8 if gentle else 0.92))[..., None]
                 img[y0:y1, x0:x1] += (brow_col - img[y0:y1, x0:x1]) * a
 
     # -- eyes, drawn inside the eye loops
@@ -712,7 +683,7 @@ def render_procedural(
         rim = _smooth_curve(lower_lid, 16) + np.array([0.0, -0.6 * f])
         _stamp(img, box, _line(rim, 1.6 * f), lash * 0.5 + shadow * 0.5, 0.8, 0.4 * f)
         lash_line = _smooth_curve(upper_lid, 24)
-        thick = (1.8 if style in ("soft", "sculpted") else 2.6) * f
+        thick = (1.8 if gentle else 2.6) * f
         if anime:
             thick = 3.6 * f
             wing = np.array([outer + (outer - inner) * 0.1 + [0, -0.12 * eye_h]])
@@ -729,7 +700,14 @@ def render_procedural(
         jaw = oval[8:29]
         _stamp(img, _box(jaw, 6 * f, img.shape), _line(_smooth_curve(jaw, 48), 2.6 * f), skin * 0.45, 0.9, 0.4 * f)
 
-    if lit is not None:
+    # -- relief (sculpted): this seed's bones and hollows, lit by the same light, over everything
+    # painted, so that eyes, brows and lips sit in it too
+    if st.relief > 0:
+        relief = _relief_shading(half(p), inside > 0, face_w * hf, light, st.ambient, 0.5, _rng(seed, style + "/relief"))
+        lit = np.clip(1.0 + (relief / float(relief[inside > 0].mean()) - 1.0) * st.relief, *_LIT_RANGE)
+        eyes = np.zeros((hs, hs), np.float32)
+        cv2.fillPoly(eyes, [_fx(half(p[list(loop)])) for loop in (topo.left_eye, topo.right_eye)], 1.0, cv2.LINE_AA, 4)
+        lit += (np.maximum(lit, _EYE_LIT) - lit) * cv2.GaussianBlur(eyes, (0, 0), 1.0 * f)
         light_map = cv2.resize(lit, (size, size), interpolation=cv2.INTER_LINEAR)
         img *= np.power(np.maximum(light_map, 1e-3)[..., None], np.array(_SHADOW_GAMMA, np.float32))
     if style == "ink":  # monochrome, contrast 1.15 about mid grey, warm or cool paper tint

@@ -191,7 +191,7 @@ def _relief(seed: int, light: tuple[float, float, float] = (0.0, 0.4, 1.0)) -> t
     inside = _poly_mask((256, 256), lay[face_mesh_topology().face_oval])
     face_w = float(np.ptp(lay[face_mesh_topology().face_oval, 0]))
     lv = np.asarray(light) / np.linalg.norm(light)
-    shade = _relief_shading(lay, inside, face_w, lv, _STYLES["sculpted"], 0.5, _rng(seed, "sculpted/relief"))
+    shade = _relief_shading(lay, inside, face_w, lv, _STYLES["sculpted"].ambient, 0.5, _rng(seed, "sculpted/relief"))
     return shade / float(shade[inside].mean()), inside, lay
 
 
