@@ -314,9 +314,11 @@ def _relief_shading(
     key = np.array([light[0], -light[1], light[2]], np.float32)  # the image's y points down
     fill = np.array([-light[0], 0.1, 1.0], np.float32)
     fill /= np.linalg.norm(fill)
-    lit = np.clip(((key[2] - gx * key[0] - gy * key[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
-    lit += 0.3 * np.clip(((fill[2] - gx * fill[0] - gy * fill[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
-    lit /= 1.3
+
+    def wrapped(lv: np.ndarray) -> np.ndarray:  # Lambert wrapped past the terminator, as through skin
+        return np.clip(((lv[2] - gx * lv[0] - gy * lv[1]) / norm + _WRAP) / (1.0 + _WRAP), 0.0, 1.0)
+
+    lit = (wrapped(key) + 0.3 * wrapped(fill)) / 1.3
     cavity = depth - cv2.GaussianBlur(depth, (0, 0), 0.06 * face_w)
     shade = (ambient + (1.0 - ambient) * lit) * np.clip(1.0 + cavity / (0.02 * face_w), _CAVITY_FLOOR, 1.1)
     mean = float(shade[inside].mean())
