@@ -210,9 +210,10 @@ class SessionRuntime:
             self.viewers.unbind(self.request_keyframe)
         self._video_queue.put(_END)
         self._audio_queue.put(_END)
-        self._decode_thread.join(timeout)
-        self._worker_thread.join(timeout)
-        self._audio_thread.join(timeout)
+        for thread in (self._decode_thread, self._worker_thread, self._audio_thread):
+            thread.join(timeout)
+            if thread.is_alive():  # a daemon: it cannot hold up the process, but it should not happen
+                log.warning("session %s: thread %s did not stop within %.0f s", self.session_id, thread.name, timeout)
         for egress in self.egresses:
             egress.close(timeout)
         self.processor.close()

@@ -182,10 +182,14 @@ class WhipPublisher(_Peer):
     async def _pump_video(self, track: MediaStreamTrack) -> None:
         assert self.runtime is not None
         timeout = self.connect_timeout_s + self._idle_timeout_s  # the first frame waits for ICE/DTLS too
-        while True:
+        while not self.closed:
             try:
-                frame = await asyncio.wait_for(track.recv(), timeout)
-            except asyncio.TimeoutError:
+                # not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands just as a
+                # frame arrives (cpython gh-86296), and the teardown then waits on a pump that
+                # goes on feeding the runtime for as long as the publisher keeps sending
+                async with asyncio.timeout(timeout):
+                    frame = await track.recv()
+            except TimeoutError:
                 self.close(f"no video for {timeout:.0f} s")
                 return
             except MediaStreamError:
