@@ -245,14 +245,15 @@ def test_seed_makes_anonymize_runs_repeatable(eval_dir: Path) -> None:
 
 
 def test_sculpted_persona_is_a_face_of_its_own_at_360p(eval_dir: Path, tools: M.Tools) -> None:
-    """lp_s32 at 640x360 (her face about 140 px) under a sculpted persona (seed 101, the soft
-    built-in's): the recognizer must not find her in the output. The flat-lit soft built-in
-    reaches the leak line in 28 of 90 frames there (cosine up to 0.44; 5 of these 15): around
-    a flat-lit face the recognizer matches her hair and outline."""
-    from pipeline.procedural import render_procedural
+    """lp_s32 at 640x360 (her face about 140 px) under the sculpted built-in: the recognizer
+    must not find her in the output. The flat-lit soft built-in reaches the leak line in 28
+    of 90 frames there (cosine up to 0.44; 5 of these 15): around a flat-lit face the
+    recognizer matches her hair and outline."""
+    from pipeline.procedural import builtin_persona
 
     config = M.pipeline_config(["deadline_ms=0"])  # no deadline fallback on a busy machine
-    persona = render_procedural(101, "sculpted")
+    persona = builtin_persona("builtin-sculpted")
+    assert persona is not None
     proc = M.processor_factory("mask", config, "persona", persona=persona, seed=0)()
     cosines = []
     try:

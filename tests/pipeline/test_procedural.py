@@ -158,7 +158,7 @@ def test_ids_and_names() -> None:
 
 
 def test_builtins() -> None:
-    assert 3 <= len(BUILTIN_PERSONAS) <= 4
+    assert len(BUILTIN_PERSONAS) >= 3 and len({b.id for b in BUILTIN_PERSONAS}) == len(BUILTIN_PERSONAS)
     styles = set()
     for pid, name, seed, style in BUILTIN_PERSONAS:
         p = builtin_persona(pid)
@@ -167,7 +167,8 @@ def test_builtins() -> None:
         assert p.meta == {"seed": seed, "style": style}
         assert builtin_persona(pid) is p  # cached
         styles.add(style)
-    assert {"soft", "sharp", "anime"} <= styles
+    assert {"soft", "sharp", "anime", "sculpted"} <= styles
+    assert BUILTIN_PERSONAS[0].style == "sculpted"  # listed first: the one that holds at low resolution
     assert builtin_persona("nope") is None
 
 
