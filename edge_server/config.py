@@ -91,6 +91,10 @@ class PipelineConfig:
     # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a
     # persona is a few pixels of shading that a recognizer reads as any face, the input included
     min_face_px: int = 40
+    # anonymized faces in a stream whose shorter side is this many px or less are drawn in the sculpted
+    # style: there the flat ones leave the recognizer the hair and outline around them
+    # (docs/benchmarks.md, "Anonymize mode in small streams"); 0 = never
+    sculpted_anonymize_max_side: int = 400
     max_yaw_deg: float = 40.0  # a head turned further than this (left or right) is covered, not swapped:
     # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it
     hold_s: float = 1.0  # a lost face stays covered at its last place this long

@@ -120,6 +120,7 @@ class FaceMasker:
         self.neutralize = neutralize
         self._last_output: tuple[av.VideoFrame, float] | None = None
         self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
+        self._low_resolution = False  # the stream's shorter side is at most sculpted_anonymize_max_side
         if mode in SWAP_MODES:
             self._ephemeral(0, wait=True)  # the first face should not wait for its persona
             for slot in (1, 2):
@@ -184,13 +185,29 @@ class FaceMasker:
 
         future = self._painting.get(slot)
         if future is None:
-            future = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot))
+            future = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot), self._low_resolution)
             self._painting[slot] = future
         if not wait and not future.done():
             return None
         self._personas[slot] = future.result()
         del self._painting[slot]
         return self._personas[slot]
+
+    def _follow_stream_size(self, height: int, width: int) -> None:
+        """Anonymized faces are painted in the style that suits the stream's size (see
+        ``procedural.LOW_RESOLUTION_STYLE``); when the size crosses the line they are painted
+        again, the first frame's at once, later ones in the background (covered meanwhile)."""
+        low = 0 < min(height, width) <= self.config.sculpted_anonymize_max_side
+        if low == self._low_resolution or self.mode not in SWAP_MODES:
+            return
+        self._low_resolution = low
+        for future in self._painting.values():
+            future.cancel()
+        self._painting.clear()
+        self._personas.clear()
+        self._ephemeral(0, wait=self.frames == 0)
+        for slot in (1, 2):
+            self._ephemeral(slot)
 
     def _persona_holder(self) -> int | None:
         """Persona mode: the id of the track wearing the session's persona, the largest face.
@@ -281,6 +298,7 @@ class FaceMasker:
         cfg = self.config
         now = self._frame_time(frame)
         h, w = frame.height, frame.width
+        self._follow_stream_size(h, w)
         yuv_path = frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
         t = time.perf_counter()
         out_planes = None

@@ -16,8 +16,9 @@ depth plus the seed's bones and hollows, sockets in shade, nose bridge and foreh
 light). In a low-resolution view a face recognizer matches a creator under a flat-lit
 persona by what it leaves around it (hair, outline); under a sculpted one it mostly does
 not. In crowds at full resolution the same relief makes small anonymized faces score closer
-to the people under them, so the anonymize styles stay flat (docs/benchmarks.md, "The
-sculpted style").
+to the people under them, so anonymize mode draws flat faces there and sculpted ones only in
+small streams (``ephemeral_persona(low_resolution=True)``; docs/benchmarks.md, "The sculpted
+style" and "Anonymize mode in small streams").
 """
 
 from __future__ import annotations
@@ -751,14 +752,21 @@ def builtin_persona(persona_id: str) -> Persona | None:
 
 
 ANONYMIZE_STYLES = ("soft", "sharp")  # anonymized faces should look like ordinary people
+# In a small stream the flat-lit faces leave the recognizer the hair and outline around them;
+# the relit soft face does not, while in full-resolution crowds it scores closer to the
+# people under it (docs/benchmarks.md, "Anonymize mode in small streams").
+LOW_RESOLUTION_STYLE = "sculpted"
 
 
-def ephemeral_persona(rng_seed: int) -> Persona:
-    """A throwaway persona for anonymize mode: a realistic style and a seed drawn from ``rng_seed`` (any int)."""
+def ephemeral_persona(rng_seed: int, low_resolution: bool = False) -> Persona:
+    """A throwaway persona for anonymize mode: a realistic style and a seed drawn from ``rng_seed``
+    (any int); for a low-resolution stream the same draw in the sculpted style."""
     rng = np.random.default_rng(np.random.SeedSequence([int(rng_seed) & (2**64 - 1), 0x616E6F6E]))
     style = ANONYMIZE_STYLES[int(rng.integers(len(ANONYMIZE_STYLES)))]
     seed = int(rng.integers(0, MAX_SEED, dtype=np.int64))
-    return render_procedural(seed, style, persona_id=f"ephemeral-{seed:016x}", name="Anonymous", kind="ephemeral")
+    if low_resolution:
+        style = LOW_RESOLUTION_STYLE
+    return render_procedural(seed, style, persona_id=f"ephemeral-{style}-{seed:016x}", name="Anonymous", kind="ephemeral")
 
 
 __all__ = [

@@ -671,3 +671,49 @@ def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
         assert len({c[0] for c in others}) == 4, "every other face is a different nobody"
     finally:
         masker.close()
+
+
+def _half(frame: av.VideoFrame) -> av.VideoFrame:
+    small = frame.reformat(width=frame.width // 2, height=frame.height // 2, format="yuv420p")
+    small.pts, small.time_base = frame.pts, frame.time_base
+    return small
+
+
+def test_anonymized_faces_follow_the_stream_size(backend, face_frames, face_boxes):
+    """At 640x360 the throwaway faces are the sculpted draw, above it the flat one
+    (sculpted_anonymize_max_side); a size change mid-stream repaints them, the face
+    covered meanwhile, and never shows it."""
+    swapper = _RecordingSwapper()
+    masker = FaceMasker(_config(), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+    try:
+        _run(masker, face_frames[:4], face_boxes[:4], "720p")
+        assert swapper.calls and all(not c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
+        swapper.calls.clear()
+        small = [_half(f) for f in face_frames[4:]]
+        for i, (f, box) in enumerate(zip(small, face_boxes[4:])):
+            out = masker.process(f)
+            assert (out.width, out.height) == (f.width, f.height)
+            assert_face_masked(f, out, box / 2, f"360p after 720p, frame {i}")
+            if swapper.calls:
+                break
+            time.sleep(0.05)  # the repaint runs on the painter thread
+        assert swapper.calls and all(c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
+    finally:
+        masker.close()
+
+    swapper = _RecordingSwapper()
+    masker = FaceMasker(_config(), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+    try:  # a stream that starts small gets its sculpted face on its first frame, as a large one does
+        _run(masker, [_half(f) for f in face_frames[:4]], [b / 2 for b in face_boxes[:4]], "360p")
+        assert masker.events["persona_pending"] == 0
+        assert swapper.calls and all(c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
+    finally:
+        masker.close()
+
+    swapper = _RecordingSwapper()
+    masker = FaceMasker(_config(sculpted_anonymize_max_side=0), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+    try:
+        _run(masker, [_half(f) for f in face_frames[:4]], [b / 2 for b in face_boxes[:4]], "360p, rule off")
+        assert swapper.calls and all(not c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
+    finally:
+        masker.close()

@@ -183,6 +183,14 @@ def test_ephemeral() -> None:
     assert ephemeral_persona(-5).kind == "ephemeral"
 
 
+def test_ephemeral_for_a_low_resolution_stream_is_the_same_draw_sculpted() -> None:
+    flat, low = ephemeral_persona(1), ephemeral_persona(1, low_resolution=True)
+    assert low.kind == "ephemeral" and low.meta == {"seed": flat.meta["seed"], "style": "sculpted"}
+    assert low.id != flat.id and low.id.startswith("ephemeral-sculpted-")
+    assert low.texture.tobytes() == ephemeral_persona(1, low_resolution=True).texture.tobytes()
+    assert {ephemeral_persona(s, low_resolution=True).meta["style"] for s in range(6)} == {"sculpted"}
+
+
 def _relief(seed: int, light: tuple[float, float, float] = (0.0, 0.4, 1.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The relief's light over the canonical layout at 256 px (light from above), its face mask
     and the layout."""
