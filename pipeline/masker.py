@@ -87,7 +87,7 @@ class FaceMasker:
             raise ValueError(f"pipeline.max_yaw_deg must be in 10..90 (90: never), got {config.max_yaw_deg!r}")
         if not config.smoothing_min_cutoff > 0.0:
             raise ValueError(f"pipeline.smoothing_min_cutoff must be above 0 Hz, got {config.smoothing_min_cutoff!r}")
-        for key in ("smoothing_beta", "smoothing_position_beta", "smoothing_feature_beta"):
+        for key in ("smoothing_beta", "smoothing_position_beta", "smoothing_feature_beta", "sculpted_anonymize_max_side"):
             if not getattr(config, key) >= 0.0:
                 raise ValueError(f"pipeline.{key} must be 0 or more, got {getattr(config, key)!r}")
         self.swapper = swapper

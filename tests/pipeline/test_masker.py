@@ -626,7 +626,7 @@ def test_persona_shape_sets_how_far_the_features_move(backend, face_frames, shap
     [
         ("max_yaw_deg", 5.0), ("max_yaw_deg", 95.0), ("persona_shape", -0.1), ("persona_shape", 1.5),
         ("smoothing_min_cutoff", 0.0), ("smoothing_beta", -0.1), ("smoothing_position_beta", -1.0),
-        ("smoothing_feature_beta", float("nan")),
+        ("smoothing_feature_beta", float("nan")), ("sculpted_anonymize_max_side", -1),
     ],
 )
 def test_out_of_range_knobs_are_refused(backend, key, value):
