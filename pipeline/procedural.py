@@ -760,7 +760,8 @@ LOW_RESOLUTION_STYLE = "sculpted"
 
 def ephemeral_persona(rng_seed: int, low_resolution: bool = False) -> Persona:
     """A throwaway persona for anonymize mode: a realistic style and a seed drawn from ``rng_seed``
-    (any int); for a low-resolution stream the same draw in the sculpted style."""
+    (any int); for a low-resolution stream the drawn seed in the sculpted style (another face:
+    a style's name seeds its features too)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(rng_seed) & (2**64 - 1), 0x616E6F6E]))
     style = ANONYMIZE_STYLES[int(rng.integers(len(ANONYMIZE_STYLES)))]
     seed = int(rng.integers(0, MAX_SEED, dtype=np.int64))

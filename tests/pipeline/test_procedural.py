@@ -183,7 +183,7 @@ def test_ephemeral() -> None:
     assert ephemeral_persona(-5).kind == "ephemeral"
 
 
-def test_ephemeral_for_a_low_resolution_stream_is_the_same_draw_sculpted() -> None:
+def test_ephemeral_for_a_low_resolution_stream_is_sculpted_from_the_same_seed() -> None:
     flat, low = ephemeral_persona(1), ephemeral_persona(1, low_resolution=True)
     assert low.kind == "ephemeral" and low.meta == {"seed": flat.meta["seed"], "style": "sculpted"}
     assert low.id != flat.id and low.id.startswith("ephemeral-sculpted-")
