@@ -106,9 +106,10 @@ class FaceMasker:
         self.frames = 0
         self.last_timings: dict[str, float] = {}
         self._seed = secrets.randbits(62) if seed is None else seed  # anonymize: per session, never stored
-        self._personas: dict[int, Persona] = {}
+        # throwaway personas by (face slot, for a small stream): see _ephemeral, _follow_stream_size
+        self._personas: dict[tuple[int, bool], Persona] = {}
         self._painter = ThreadPoolExecutor(1, thread_name_prefix="persona-painter")
-        self._painting: dict[int, Future[Persona]] = {}
+        self._painting: dict[tuple[int, bool], Future[Persona]] = {}
         self._detect_pool = ThreadPoolExecutor(1, thread_name_prefix="face-detector") if config.parallel_detect else None
         self._detected_once = False
         self._scanner = ChangeScanner(config.full_detect_every)
@@ -122,7 +123,9 @@ class FaceMasker:
         self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
         self._low_resolution = False  # the stream's shorter side is at most sculpted_anonymize_max_side
         if mode in SWAP_MODES:
-            self._ephemeral(0, wait=True)  # the first face should not wait for its persona
+            self._ephemeral(0, wait=True)  # the first face should not wait for its persona,
+            if config.sculpted_anonymize_max_side > 0:
+                self._paint(0, True)  # nor in a small stream (the size is known at the first frame)
             for slot in (1, 2):
                 self._ephemeral(slot)  # and the next ones are painted in the background
         self._warm_up()
@@ -176,37 +179,42 @@ class FaceMasker:
     def _ephemeral(self, slot: int, wait: bool = False) -> Persona | None:
         """The session's throwaway persona for a face slot; None while it is still being painted.
 
-        Painting takes 15-50 ms, too long for the frame in which a new face appears: it runs
+        Painting takes 15-100 ms, too long for the frame in which a new face appears: it runs
         on a helper thread and the face is covered meanwhile (``persona_pending``).
         """
-        if slot in self._personas:
-            return self._personas[slot]
-        from pipeline.procedural import ephemeral_persona
-
-        future = self._painting.get(slot)
-        if future is None:
-            future = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot), self._low_resolution)
-            self._painting[slot] = future
+        key = (slot, self._low_resolution)
+        persona = self._personas.get(key)
+        if persona is not None:
+            return persona
+        future = self._paint(*key)
         if not wait and not future.done():
             return None
-        self._personas[slot] = future.result()
-        del self._painting[slot]
-        return self._personas[slot]
+        persona = self._personas[key] = future.result()
+        del self._painting[key]
+        return persona
+
+    def _paint(self, slot: int, low_resolution: bool) -> Future[Persona]:
+        from pipeline.procedural import ephemeral_persona
+
+        key = (slot, low_resolution)
+        if key not in self._painting:
+            self._painting[key] = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot), low_resolution)
+        return self._painting[key]
 
     def _follow_stream_size(self, height: int, width: int) -> None:
         """Anonymized faces are painted in the style that suits the stream's size (see
-        ``procedural.LOW_RESOLUTION_STYLE``); when the size crosses the line they are painted
-        again, the first frame's at once, later ones in the background (covered meanwhile)."""
+        ``procedural.LOW_RESOLUTION_STYLE``). At the first frame, and whenever the size crosses
+        the line, the other style's faces are dropped and this one's painted in the background
+        (a small stream's first one already is, since the start); faces wait covered."""
         low = 0 < min(height, width) <= self.config.sculpted_anonymize_max_side
-        if low == self._low_resolution or self.mode not in SWAP_MODES:
+        if self.mode not in SWAP_MODES or (low == self._low_resolution and self.frames):
             return
         self._low_resolution = low
-        for future in self._painting.values():
-            future.cancel()
-        self._painting.clear()
-        self._personas.clear()
-        self._ephemeral(0, wait=self.frames == 0)
-        for slot in (1, 2):
+        for key in [k for k in self._painting if k[1] != low]:
+            self._painting.pop(key).cancel()
+        for key in [k for k in self._personas if k[1] != low]:
+            del self._personas[key]
+        for slot in (0, 1, 2):
             self._ephemeral(slot)
 
     def _persona_holder(self) -> int | None:
