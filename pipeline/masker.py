@@ -205,7 +205,8 @@ class FaceMasker:
         """Anonymized faces are painted in the style that suits the stream's size (see
         ``procedural.LOW_RESOLUTION_STYLE``). At the first frame, and whenever the size crosses
         the line, the other style's faces are dropped and this one's painted in the background
-        (a small stream's first one already is, since the start); faces wait covered."""
+        (a small stream's first face has been painting since the masker was built); faces wait
+        covered."""
         low = 0 < min(height, width) <= self.config.sculpted_anonymize_max_side
         if self.mode not in SWAP_MODES or (low == self._low_resolution and self.frames):
             return

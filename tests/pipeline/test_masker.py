@@ -712,6 +712,23 @@ def test_anonymized_faces_follow_the_stream_size(backend, face_frames, face_boxe
     finally:
         masker.close()
 
+    x0, _, x1, _ = face_boxes[0]  # a portrait stream, 360 px wide and 640 tall, is small too
+    left = int(min(max((x0 + x1) / 2 - 180, 0), face_frames[0].width - 360)) // 2 * 2
+    portrait = []
+    for f in face_frames[:4]:
+        rgb = np.ascontiguousarray(f.to_ndarray(format="rgb24")[:640, left:left + 360])
+        portrait.append(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+        portrait[-1].pts, portrait[-1].time_base = f.pts, f.time_base
+    swapper = _RecordingSwapper()
+    masker = FaceMasker(_config(), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+    try:
+        masker._painting[(0, True)].result(timeout=30)  # noqa: SLF001
+        shifted = [b - np.array([left, 0, left, 0]) for b in face_boxes[:4]]
+        _run(masker, portrait, shifted, "portrait 360x640")
+        assert swapper.calls and all(c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
+    finally:
+        masker.close()
+
     swapper = _RecordingSwapper()
     masker = FaceMasker(_config(sculpted_anonymize_max_side=0), mode="anonymize", backend=backend, swapper=swapper, seed=7)
     try:
