@@ -673,10 +673,13 @@ def test_group_photo_largest_face_gets_the_persona_others_anonymized(backend):
         masker.close()
 
 
+def _at_time_of(new: av.VideoFrame, frame: av.VideoFrame) -> av.VideoFrame:
+    new.pts, new.time_base = frame.pts, frame.time_base
+    return new
+
+
 def _half(frame: av.VideoFrame) -> av.VideoFrame:
-    small = frame.reformat(width=frame.width // 2, height=frame.height // 2, format="yuv420p")
-    small.pts, small.time_base = frame.pts, frame.time_base
-    return small
+    return _at_time_of(frame.reformat(width=frame.width // 2, height=frame.height // 2, format="yuv420p"), frame)
 
 
 def test_anonymized_faces_follow_the_stream_size(backend, face_frames, face_boxes):
@@ -714,11 +717,11 @@ def test_anonymized_faces_follow_the_stream_size(backend, face_frames, face_boxe
 
     x0, _, x1, _ = face_boxes[0]  # a portrait stream, 360 px wide and 640 tall, is small too
     left = int(min(max((x0 + x1) / 2 - 180, 0), face_frames[0].width - 360)) // 2 * 2
-    portrait = []
-    for f in face_frames[:4]:
-        rgb = np.ascontiguousarray(f.to_ndarray(format="rgb24")[:640, left:left + 360])
-        portrait.append(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
-        portrait[-1].pts, portrait[-1].time_base = f.pts, f.time_base
+    portrait = [
+        _at_time_of(av.VideoFrame.from_ndarray(np.ascontiguousarray(f.to_ndarray(format="rgb24")[:640, left:left + 360]),
+                                               format="rgb24").reformat(format="yuv420p"), f)
+        for f in face_frames[:4]
+    ]
     swapper = _RecordingSwapper()
     masker = FaceMasker(_config(), mode="anonymize", backend=backend, swapper=swapper, seed=7)
     try:
