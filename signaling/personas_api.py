@@ -3,7 +3,7 @@
 | call | what it does | status codes |
 |---|---|---|
 | ``POST /v1/personas`` | an image (``multipart/form-data`` with an ``image`` part and optional ``name``, or a raw ``image/jpeg|png|webp`` body with ``?name=``), or ``application/json`` ``{"seed", "style", "name"}`` | 201 + ``Location``; 400 (with ``field``), 401, 413, 415, 422 (no face, several faces, ...) |
-| ``GET /v1/personas`` | your personas, then the builtins | 200, 401 |
+| ``GET /v1/personas`` | your personas, then the builtins, and the procedural ``styles`` | 200, 401 |
 | ``GET /v1/personas/{id}`` | one persona | 200, 401, 404 |
 | ``GET /v1/personas/{id}/texture.png`` | its face texture | 200, 401, 404 |
 | ``DELETE /v1/personas/{id}`` | remove it | 204, 401, 403 (builtin), 404 |
@@ -187,8 +187,11 @@ class PersonasApi:
 
     async def list(self, request: web.Request) -> web.Response:
         key = self.api._api_key(request)
+        from pipeline.procedural import STYLES
+
         records = await self._run(self.store.list, key.id)
-        return web.json_response({"personas": [self._body(r) for r in records]})
+        # the styles a procedural persona may have, so a client need not hard-code them
+        return web.json_response({"personas": [self._body(r) for r in records], "styles": list(STYLES)})
 
     async def get(self, request: web.Request) -> web.Response:
         key = self.api._api_key(request)

@@ -33,9 +33,10 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 # connect-src 'self': the pages call the API and the WHIP/WHEP endpoints of the node that served them
 # (media itself goes over WebRTC, which CSP does not govern). media-src blob: mediastream: for the
-# camera preview and the played stream; img-src data: for the favicon fallback.
+# camera preview and the played stream; img-src data: for the favicon fallback, blob: for the
+# persona previews (fetched with the API key, which an <img src> could not send).
 _CSP_COMMON = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'"
 )
 STUDIO_HEADERS = {

@@ -10,6 +10,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   apiKey: null,
   personas: [],
+  styles: [],
+  preview: null, // {id, url}: the shown persona texture (a blob: URL of our own fetch)
   session: null, // the session JSON (without tokens)
   publishToken: null,
   publisher: null, // {pc, location, videoSender}
@@ -50,10 +52,14 @@ function setState(name, label) {
 
 // -- API ------------------------------------------------------------------------------------
 
-async function api(method, path, body) {
+// body: a JSON value, or FormData (sent as multipart, the browser sets its boundary).
+// raw: answer the Response itself (for a binary body) instead of its JSON.
+async function api(method, path, body, { raw = false } = {}) {
   const headers = { "Authorization": "Bearer " + state.apiKey };
   const init = { method, headers, cache: "no-store", credentials: "omit" };
-  if (body !== undefined) {
+  if (body instanceof FormData) {
+    init.body = body;
+  } else if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -71,6 +77,7 @@ async function api(method, path, body) {
     }
     throw error;
   }
+  if (raw) return response;
   return response.status === 204 ? null : response.json();
 }
 
@@ -82,6 +89,8 @@ function forgetKey() {
   $("api-key").placeholder = "hk_...";
   $("forget").hidden = true;
   $("live-form").disabled = true;
+  $("persona-form").disabled = true;
+  showPersona();
   setState("offline", "offline");
 }
 
@@ -93,10 +102,26 @@ async function connect(key) {
   $("api-key").placeholder = "connected (key kept in this tab)";
   $("api-key").required = false;
   $("forget").hidden = false;
-  state.personas = body.personas || [];
-  fillFaces();
+  takePersonas(body);
   $("live-form").disabled = false;
+  $("persona-form").disabled = false;
   setState("ready", "ready");
+}
+
+function takePersonas(body) {
+  state.personas = body.personas || [];
+  if (body.styles && body.styles.length) {
+    state.styles = body.styles;
+    const select = $("persona-style");
+    const previous = select.value;
+    select.replaceChildren(...state.styles.map((name) => {
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      return option;
+    }));
+    if (state.styles.includes(previous)) select.value = previous;
+  }
+  fillFaces();
 }
 
 function fillFaces() {
@@ -128,7 +153,58 @@ function fillFaces() {
   describeFace();
 }
 
+function selectedPersona() {
+  const value = $("face").value;
+  if (!value.startsWith("persona:")) return null;
+  const id = value.slice("persona:".length);
+  return state.personas.find((p) => p.id === id) || null;
+}
+
+// The preview of the chosen persona: its texture, fetched with the API key (an <img src>
+// could not send it) and shown from a blob: URL, freed when another one replaces it.
+async function showPersona() {
+  const persona = state.apiKey ? selectedPersona() : null;
+  const card = $("persona-card");
+  if (!persona) {
+    card.hidden = true;
+    dropPreview();
+    return;
+  }
+  $("persona-caption").textContent = personaLabel(persona);
+  $("delete-persona").hidden = !!persona.builtin;
+  card.hidden = false;
+  if (state.preview && state.preview.id === persona.id) return;
+  dropPreview();
+  try {
+    const response = await api("GET", persona.texture_url || `/v1/personas/${encodeURIComponent(persona.id)}/texture.png`, undefined, { raw: true });
+    const url = URL.createObjectURL(await response.blob());
+    if (!selectedPersona() || selectedPersona().id !== persona.id) {
+      URL.revokeObjectURL(url); // the choice moved on meanwhile
+      return;
+    }
+    dropPreview();
+    state.preview = { id: persona.id, url };
+    $("persona-preview").src = url;
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function dropPreview() {
+  if (state.preview) URL.revokeObjectURL(state.preview.url);
+  state.preview = null;
+  $("persona-preview").removeAttribute("src");
+}
+
+function personaLabel(p) {
+  const name = p.name || p.id;
+  if (p.builtin) return `${name} (built-in, ${p.style})`;
+  if (p.kind === "procedural") return `${name} (painted, ${p.style}, seed ${p.seed})`;
+  return `${name} (from a photo, ${p.width}\u00d7${p.height})`;
+}
+
 function describeFace() {
+  showPersona();
   const value = $("face").value;
   const hint = $("face-hint");
   if (value.startsWith("persona:")) {
@@ -291,6 +367,90 @@ async function copyEmbedLink() {
   }
 }
 
+// -- personas ---------------------------------------------------------------------------------
+
+async function reloadPersonas(selectId) {
+  takePersonas(await api("GET", "/v1/personas"));
+  if (selectId) {
+    $("face").value = "persona:" + selectId;
+    describeFace();
+  }
+}
+
+async function makePersona(button, pending, request) {
+  if (state.busy) return;
+  state.busy = true;
+  clearError();
+  button.disabled = true;
+  notice(pending);
+  try {
+    const made = await request();
+    $("persona-name").value = "";
+    await reloadPersonas(made.id);
+    notice(`Persona \u201c${made.name || made.id}\u201d made and chosen: Go live to wear it.`);
+    return made;
+  } catch (err) {
+    notice("");
+    showError(err);
+  } finally {
+    state.busy = false;
+    button.disabled = false;
+  }
+}
+
+function personaName() {
+  const name = $("persona-name").value.trim();
+  return name || undefined;
+}
+
+async function paintPersona() {
+  const text = $("persona-seed").value.trim();
+  const body = { style: $("persona-style").value };
+  if (text) {
+    const seed = Number(text);
+    if (!Number.isSafeInteger(seed) || seed < 0) {
+      showError("the seed must be a whole number from 0 up");
+      return;
+    }
+    body.seed = seed;
+  }
+  const name = personaName();
+  if (name) body.name = name;
+  const made = await makePersona($("paint-persona"), "Painting the face\u2026", () => api("POST", "/v1/personas", body));
+  if (made) $("persona-seed").value = String(made.seed); // the node draws one when none is given
+}
+
+async function uploadPersona() {
+  const file = $("persona-photo").files[0];
+  if (!file) {
+    showError("choose a photo first");
+    return;
+  }
+  const form = new FormData();
+  form.append("image", file, file.name);
+  const name = personaName();
+  if (name) form.append("name", name);
+  const made = await makePersona($("upload-persona"), "Checking the photo for one frontal face\u2026", () => api("POST", "/v1/personas", form));
+  if (made) $("persona-photo").value = "";
+}
+
+async function deletePersona() {
+  const persona = selectedPersona();
+  if (!persona || persona.builtin || state.busy) return;
+  if (!window.confirm(`Delete the persona \u201c${persona.name || persona.id}\u201d? This cannot be undone.`)) return;
+  clearError();
+  state.busy = true;
+  try {
+    await api("DELETE", `/v1/personas/${encodeURIComponent(persona.id)}`);
+    await reloadPersonas();
+    notice("Persona deleted. A session that named it gives the face a fresh face of nobody when it next goes live.");
+  } catch (err) {
+    showError(err);
+  } finally {
+    state.busy = false;
+  }
+}
+
 // -- figures --------------------------------------------------------------------------------
 
 const fmt = {
@@ -393,6 +553,9 @@ function init() {
   $("stop").addEventListener("click", () => stop());
   $("end").addEventListener("click", endSession);
   $("copy-embed").addEventListener("click", copyEmbedLink);
+  $("paint-persona").addEventListener("click", paintPersona);
+  $("upload-persona").addEventListener("click", uploadPersona);
+  $("delete-persona").addEventListener("click", deletePersona);
   window.addEventListener("pagehide", () => {
     if (state.publisher) deleteResource(state.publisher.location, { keepalive: true });
     if (state.viewer) deleteResource(state.viewer.location, { keepalive: true });

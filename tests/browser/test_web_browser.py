@@ -327,3 +327,95 @@ async def test_studio_shows_a_refused_api_key(web_node: Node, browser: Any) -> N
     assert await page.evaluate("() => sessionStorage.getItem('hikariedge.apiKey')") is None
     assert await page.is_disabled("#start")
     await context.close()
+
+
+PREVIEW_STATE = """() => { const i = document.getElementById('persona-preview');
+  return [i.complete && i.naturalWidth > 0, i.src.slice(0, 5), i.naturalWidth, i.naturalHeight,
+          document.getElementById('persona-card').hidden]; }"""
+
+
+async def test_studio_paints_uploads_previews_and_deletes_personas(web_node: Node, browser: Any, tmp_path: Path) -> None:
+    from pipeline.procedural import STYLES
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession() as http:
+        # a photo with one face that is nobody's: a built-in persona's painted texture
+        resp = await http.get(f"{base(web_node)}/v1/personas/builtin-sculpted/texture.png", headers=auth)
+        assert resp.status == 200
+        (tmp_path / "face.png").write_bytes(await resp.read())
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "no-face.png"), noise)
+
+    async def listed() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{base(web_node)}/v1/personas", headers=auth)
+            return (await resp.json())["personas"]
+
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    log = PageLog(page)
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.goto(base(web_node) + "/")
+    assert await page.is_disabled("#paint-persona")  # nothing to do before the key is in
+    await page.fill("#api-key", API_KEY)
+    await page.click("#connect")
+    await page.wait_for_selector("#persona-form:not([disabled])", timeout=10_000)
+    assert await page.eval_on_selector_all("#persona-style option", "os => os.map(o => o.value)") == list(STYLES)
+
+    # a built-in: previewed, not deletable
+    async def preview_of(persona_id: str) -> bool:
+        persona = next(p for p in await listed() if p["id"] == persona_id)
+        state = await page.evaluate(PREVIEW_STATE)
+        return bool(state[0] and state[1] == "blob:" and state[2:4] == [persona["width"], persona["height"]] and not state[4])
+
+    await page.select_option("#face", "persona:builtin-anime")
+    await wait_until(lambda: preview_of("builtin-anime"), 10, "the built-in's preview")
+    assert await page.is_hidden("#delete-persona")
+    assert "built-in" in ((await page.text_content("#persona-caption")) or "")
+
+    # a painted face: made with the chosen style and seed, then chosen and previewed
+    await page.fill("#persona-name", "Night shift")
+    await page.select_option("#persona-style", "ink")
+    await page.fill("#persona-seed", "4242")
+    await page.click("#paint-persona")
+    await page.wait_for_function("() => /made and chosen/.test(document.getElementById('notice').textContent)", timeout=30_000)
+    painted = [p for p in await listed() if p["name"] == "Night shift"]
+    assert len(painted) == 1 and painted[0]["style"] == "ink" and painted[0]["seed"] == 4242, painted
+    assert await page.input_value("#face") == "persona:" + painted[0]["id"]
+    assert await page.input_value("#persona-name") == ""  # ready for the next one
+    await wait_until(lambda: preview_of(painted[0]["id"]), 10, "the painted persona's preview")
+    assert "seed 4242" in ((await page.text_content("#persona-caption")) or "")
+
+    # a seed that is no number is refused on the page; a photo without a face by the node
+    before = len(await listed())
+    await page.fill("#persona-seed", "")
+    await page.type("#persona-seed", "-3")
+    await page.click("#paint-persona")
+    await page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "seed" in ((await page.text_content("#error")) or "")
+    await page.set_input_files("#persona-photo", str(tmp_path / "no-face.png"))
+    await page.click("#upload-persona")
+    await page.wait_for_function("() => /no face/.test(document.getElementById('error').textContent)", timeout=30_000)
+    assert "HTTP 422" in ((await page.text_content("#error")) or "")
+    assert len(await listed()) == before
+
+    # a photo with one face: uploaded (multipart), chosen, previewed
+    await page.fill("#persona-name", "Uploaded")
+    await page.set_input_files("#persona-photo", str(tmp_path / "face.png"))
+    await page.click("#upload-persona")
+    await page.wait_for_function("() => /Uploaded.*made and chosen/.test(document.getElementById('notice').textContent)", timeout=30_000)
+    assert await page.is_hidden("#error")
+    uploaded = [p for p in await listed() if p["name"] == "Uploaded"]
+    assert len(uploaded) == 1 and uploaded[0]["kind"] == "image", uploaded
+    assert await page.input_value("#face") == "persona:" + uploaded[0]["id"]
+    await wait_until(lambda: preview_of(uploaded[0]["id"]), 10, "the uploaded persona's preview")
+
+    # deleted (after the confirmation): gone from the node and from the choice
+    await page.click("#delete-persona")
+    await page.wait_for_function("() => /Persona deleted/.test(document.getElementById('notice').textContent)", timeout=10_000)
+    assert [p["id"] for p in await listed()].count(uploaded[0]["id"]) == 0
+    options = await page.eval_on_selector_all("#face option", "os => os.map(o => o.value)")
+    assert "persona:" + uploaded[0]["id"] not in options and "persona:" + painted[0]["id"] in options
+    assert await page.is_hidden("#persona-card")  # back on anonymize: nothing to preview
+    log.check(API_KEY)
+    await context.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_server.node import Node
-from pipeline.procedural import BUILTIN_PERSONAS
+from pipeline.procedural import BUILTIN_PERSONAS, STYLES
 from tests.conftest import node_config
 from tests.helpers import API_KEY, have_shared_eval
 
@@ -69,8 +69,10 @@ async def test_procedural_create_get_list_texture_delete(two_key_node: Node) -> 
         assert tex.shape[:2] == (body["height"], body["width"])
 
         resp = await http.get(url, headers=AUTH)
-        listed = [p["id"] for p in (await resp.json())["personas"]]
+        answer = await resp.json()
+        listed = [p["id"] for p in answer["personas"]]
         assert listed == [pid, *(b[0] for b in BUILTIN_PERSONAS)]
+        assert answer["styles"] == list(STYLES)  # what a procedural persona may be painted in
 
         # another key sees only the builtins and cannot read or delete mine
         resp = await http.get(url, headers=OTHER)
