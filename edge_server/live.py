@@ -5,6 +5,7 @@ each, ends them on disconnect, DELETE or max duration; keeps each session's WHEP
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -203,6 +204,28 @@ class LiveManager:
                 return None
             return {**SessionRuntime.idle_stats(), "protocol": protocol, "viewers": self.viewer_count(session_id), "starting": True}
         return {**live.runtime.stats(), "protocol": live.protocol, "viewers": self.viewer_count(session_id), "starting": False}
+
+    async def switch_face(self, session: Any, fields: dict[str, Any]) -> str:
+        """A live session's new ``mode`` and/or ``persona``: its pipeline is built off the
+        event loop (as at going live), then handed to the running stream, which takes it up
+        between two frames (``SessionRuntime.replace_processor``); the old face stays on
+        until then, so no frame goes out unmasked. A build that fails raises, and the stream
+        keeps its face.
+
+        Returns "switched"; "starting" while the session's first pipeline is still being
+        built (nothing changed: ask again); "absent" when this node runs no stream for it.
+        """
+        live = self._live.get(session.id)
+        if live is None:
+            return "starting" if session.id in self._starting else "absent"
+        candidate = dataclasses.replace(session, **fields)
+        processor = await asyncio.get_running_loop().run_in_executor(None, self.processor_factory, candidate)
+        current = self._live.get(session.id)
+        if current is None or current.runtime is not live.runtime or not live.runtime.replace_processor(processor):
+            processor.close()  # the publish ended while the new face was built
+            return "absent"
+        log.info("session %s: face switching to mode %s", session.id, candidate.mode)
+        return "switched"
 
     def runtime(self, session_id: str) -> SessionRuntime | None:
         live = self._live.get(session_id)

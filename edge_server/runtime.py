@@ -5,6 +5,10 @@ processing plus encoding on another, joined by a slot of capacity one so that a 
 pipeline lowers the frame rate instead of adding latency. Output video keeps the input's
 timestamps and AAC passes through untouched, so audio stays in sync.
 
+A live face switch (a new mode or persona, ``replace_processor``) hands the pipeline thread
+a new processor, built elsewhere, which it takes up between two frames: every frame is
+masked by the old processor or by the new one.
+
 A WHIP publish enters the same slot with frames aiortc has already decoded (on_frame), and
 its audio arrives as decoded frames (on_audio_frame) that one AAC encoder per session turns
 into what the RTMP targets need. The encoded video also goes to the session's WHEP viewers
@@ -119,6 +123,8 @@ class SessionRuntime:
         self._decode_thread = threading.Thread(target=self._decode_loop, name=f"decode-{session_id}", daemon=True)
         self._worker_thread = threading.Thread(target=self._worker_loop, name=f"pipeline-{session_id}", daemon=True)
         self._stopped = False
+        self._next_processor: FrameProcessor | None = None  # a live face switch, taken up before the next frame
+        self.face_switches = 0
 
     def start(self) -> None:
         self._decode_thread.start()
@@ -203,9 +209,10 @@ class SessionRuntime:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Blocking: drain, close the targets cleanly. Run it off the event loop."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         if self.viewers is not None:
             self.viewers.unbind(self.request_keyframe)
         self._video_queue.put(_END)
@@ -216,7 +223,44 @@ class SessionRuntime:
                 log.warning("session %s: thread %s did not stop within %.0f s", self.session_id, thread.name, timeout)
         for egress in self.egresses:
             egress.close(timeout)
-        self.processor.close()
+        with self._lock:
+            pending, self._next_processor = self._next_processor, None
+        for processor in (self.processor, pending):
+            if processor is not None:
+                processor.close()
+
+    def replace_processor(self, processor: FrameProcessor) -> bool:
+        """Thread-safe: switch the session's face live (a new mode or persona). The pipeline
+        thread takes ``processor`` up before its next frame, so every frame is processed by the
+        old one or the new one, never by neither; the old one is closed then. A processor that
+        offers ``take_over(old)`` continues from the old one's faces (``FaceMasker``). False,
+        and ``processor`` is left to the caller, once the runtime is stopping."""
+        with self._lock:
+            if self._stopped:
+                return False
+            superseded, self._next_processor = self._next_processor, processor
+        if superseded is not None:  # two switches before a frame came: the later one wins
+            superseded.close()
+        return True
+
+    def _take_next_processor(self) -> None:
+        with self._lock:
+            new, self._next_processor = self._next_processor, None
+        if new is None:
+            return
+        old, self.processor = self.processor, new
+        carried = False
+        take_over = getattr(new, "take_over", None)
+        if take_over is not None:
+            try:
+                carried = bool(take_over(old))
+            except Exception:
+                log.exception("session %s: the new pipeline could not take over the faces; it starts afresh", self.session_id)
+        self.face_switches += 1
+        # closing may wait for a stage still running late (up to its join timeout): not on this thread
+        threading.Thread(target=old.close, name=f"close-{self.session_id}", daemon=True).start()
+        log.info("session %s: face switched to %s (%s)", self.session_id, getattr(new, "mode", getattr(new, "name", "?")),
+                 "the faces carried over" if carried else "started afresh")
 
     def request_keyframe(self) -> None:
         """Thread-safe. Rate-limited and coalesced: many targets or viewers asking at once cost one
@@ -237,7 +281,7 @@ class SessionRuntime:
     @staticmethod
     def idle_stats() -> dict[str, Any]:
         """The figures of a session whose runtime has not started yet (same keys as stats())."""
-        return {"frames_in": 0, "frames_out": 0, "frames_dropped": {}, "fps_out": 0.0, "uptime_s": 0.0, "targets": []}
+        return {"frames_in": 0, "frames_out": 0, "frames_dropped": {}, "fps_out": 0.0, "uptime_s": 0.0, "targets": [], "face_switches": 0}
 
     def stats(self) -> dict[str, Any]:
         times = list(self._out_times)
@@ -249,6 +293,7 @@ class SessionRuntime:
             "fps_out": round(fps, 2),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "targets": [{"name": e.name, "connected": e.connected, "reconnects": e.reconnects} for e in self.egresses],
+            "face_switches": self.face_switches,
         }
 
     # -- decode thread -----------------------------------------------------------------
@@ -314,6 +359,7 @@ class SessionRuntime:
             if taken is None:
                 continue
             frame, ingest_time = taken
+            self._take_next_processor()
             started = time.perf_counter()
             try:
                 output = self.processor.process(frame)

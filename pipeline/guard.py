@@ -209,6 +209,11 @@ class DeadlineRunner(Generic[T]):
                 self._busy.clear()
                 job.done.set()
 
+    @property
+    def busy(self) -> bool:
+        """A call is running (perhaps late, past its deadline)."""
+        return self._busy.is_set()
+
     def run(self, arg: Any) -> T:
         if self._busy.is_set():
             raise DeadlineExceeded("the pipeline is still busy with an earlier frame")

@@ -122,6 +122,7 @@ class FaceMasker:
         self._last_output: tuple[av.VideoFrame, float] | None = None
         self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
         self._low_resolution = False  # the stream's shorter side is at most sculpted_anonymize_max_side
+        self._size_known = False  # _follow_stream_size has seen a frame
         if mode in SWAP_MODES:
             self._ephemeral(0, wait=True)  # the first face should not wait for its persona,
             if config.sculpted_anonymize_max_side > 0:
@@ -157,6 +158,32 @@ class FaceMasker:
         except Exception:
             log.exception("masking failed; covering the frame")
             return self._fallback(frame, "error")
+
+    def take_over(self, previous: object) -> bool:
+        """Continue from ``previous``, the masker this one replaces in a live face switch:
+        its tracked and held faces (kept in their persona slots), the detector's scan state,
+        the last person mask and masked frame. The faces stay followed, and covered where
+        they were covered, across the switch instead of waiting for a fresh detection.
+
+        Call it between frames, before this masker's first one. False (and this masker
+        starts afresh, covered as at a stream's start) if ``previous`` is not a FaceMasker
+        or a late frame is still running in it: that frame owns its state.
+        """
+        if not isinstance(previous, FaceMasker) or self.frames:
+            return False
+        if previous._runner is not None and previous._runner.busy:
+            return False
+        self.tracker = previous.tracker
+        self._scanner = previous._scanner
+        self._detected_once = previous._detected_once
+        self._faceless_heads = list(previous._faceless_heads)
+        self._last_mask = previous._last_mask
+        self._last_output = previous._last_output
+        self._turned = set(previous._turned)
+        self._holder = previous._holder
+        self.frames = previous.frames  # the scan's and the person mask's frame numbers go on
+        # not the learnt face shapes: they are measured against the old persona's layout
+        return True
 
     def close(self) -> None:
         if self._runner is not None:
@@ -208,8 +235,9 @@ class FaceMasker:
         (a small stream's first face has been painting since the masker was built); faces wait
         covered."""
         low = 0 < min(height, width) <= self.config.sculpted_anonymize_max_side
-        if self.mode not in SWAP_MODES or (low == self._low_resolution and self.frames):
+        if self.mode not in SWAP_MODES or (low == self._low_resolution and self._size_known):
             return
+        self._size_known = True
         self._low_resolution = low
         for key in [k for k in self._painting if k[1] != low]:
             self._painting.pop(key).cancel()

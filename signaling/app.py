@@ -6,6 +6,7 @@ Tokens and keys never reach a log line: the access log drops query strings and h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,10 +28,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class LiveView(Protocol):
-    """What the API needs from the media plane: readiness and per-session live figures."""
+    """What the API needs from the media plane: readiness, per-session live figures, and a
+    live face switch (``edge_server.live.LiveManager.switch_face``)."""
 
     def ready(self) -> bool: ...
     def stats(self, session_id: str) -> dict[str, Any] | None: ...
+    async def switch_face(self, session: Any, fields: dict[str, Any]) -> str: ...
+
+
+LIVE_FIELDS = frozenset({"mode", "persona"})  # what PATCH may change while the session is live
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class Api:
         self.registry = registry
         self.max_targets = max_targets
         self.max_duration_s = max_duration_s
+        self._live_switch = asyncio.Lock()
 
     # -- auth and body helpers -------------------------------------------------
 
@@ -193,14 +200,44 @@ class Api:
             fields = parse_session_request(body, max_targets=self.max_targets, max_duration_s=self.max_duration_s, partial=True)
         except ValidationError as exc:
             return json_error(400, "invalid_field", exc.message, field=exc.field)
-        if session.state is not SessionState.IDLE:
-            return json_error(409, "conflict", f"session is {session.state.value}; settings change only while idle")
+        if session.state is SessionState.ENDED:
+            return json_error(409, "conflict", "session ended; settings change while it is idle (mode and persona also while live)")
+        blocked = sorted(set(fields) - LIVE_FIELDS)
+        if session.state is SessionState.LIVE and blocked:
+            return json_error(409, "conflict", f"session is live: only mode and persona change now; {', '.join(blocked)} only while idle", field=blocked[0])
         if fields.get("mode", session.mode) == "persona" and fields.get("persona", session.persona) is None:
             return json_error(400, "invalid_field", "is required when mode is persona", field="persona")
         if self.persona_check is not None:
             await self.persona_check(key.id, fields)
-        session = await self.service.update(session, fields)
-        return web.json_response(self._session_body(session))
+        if not fields:
+            return web.json_response(self._session_body(session))
+        if session.state is SessionState.LIVE:
+            async with self._live_switch:  # one at a time: the stored face is the one the stream wears
+                reply = await self._switch_live_face(session, fields)
+                if reply is not None:
+                    return reply
+                updated = await self.service.update(session, fields, SessionState.LIVE)
+                if updated is None:  # the publish ended meanwhile: the change is for the next one
+                    updated = await self.service.update(session, fields, SessionState.IDLE)
+        else:
+            updated = await self.service.update(session, fields, SessionState.IDLE)
+        if updated is None:
+            return json_error(409, "conflict", "the session's state changed meanwhile; read it and try again")
+        return web.json_response(self._session_body(updated))
+
+    async def _switch_live_face(self, session: Session, fields: dict[str, Any]) -> web.Response | None:
+        """Give the running stream its new face; None when done (or when no stream is left to
+        change, and the change is only stored), else the error to answer."""
+        try:
+            outcome = await self.live.switch_face(session, fields)
+        except Exception:
+            log.exception("session %s: the pipeline for the new face could not be built", session.id)
+            return json_error(500, "pipeline_failed", "the masking pipeline for the new face could not be started; the stream keeps its face")
+        if outcome == "starting":
+            return json_error(409, "starting", "the session is going live right now; try again in a moment", headers={"Retry-After": "1"})
+        if outcome == "absent" and await self.service.is_live(session.id):
+            return json_error(409, "conflict", "the session is live, but not on this node: change its face from the node it streams to")
+        return None
 
     async def delete_session(self, request: web.Request) -> web.Response:
         key = self._api_key(request)

@@ -81,12 +81,18 @@ class SessionService:
             await self.store.save(session)
         return token
 
-    async def update(self, session: Session, fields: dict) -> Session:
+    async def update(self, session: Session, fields: dict, state: SessionState | None = None) -> Session | None:
+        """Set ``fields`` on the stored session, as it is now (not as ``session`` was read:
+        a publish may have begun or ended since). With ``state``: only if the session is
+        still in it, else None and nothing changes."""
         async with self._lock:
+            current = await self.store.get(session.id) or session
+            if state is not None and current.state is not state:
+                return None
             for name, value in fields.items():
-                setattr(session, name, value)
-            await self.store.save(session)
-        return session
+                setattr(current, name, value)
+            await self.store.save(current)
+        return current
 
     async def end(self, session_id: str, reason: str) -> Session | None:
         """End for good: revoke the token, stop the live stream (listeners), keep the record."""

@@ -219,7 +219,38 @@ function describeFace() {
 function sessionRequest() {
   const value = $("face").value;
   if (value.startsWith("persona:")) return { mode: "persona", persona: value.slice("persona:".length) };
-  return { mode: value };
+  return { mode: value, persona: null };
+}
+
+function faceOf(session) {
+  return session.mode === "persona" && session.persona ? "persona:" + session.persona : session.mode;
+}
+
+// While live, a new choice of face is switched on the running stream (PATCH): the node
+// builds the new face's pipeline and hands it over between two frames.
+async function switchLive() {
+  if (!state.publisher || !state.session || state.busy) return;
+  const request = sessionRequest();
+  if (sameRequest(state.session, request)) return;
+  state.busy = true;
+  clearError();
+  $("face").disabled = true;
+  notice("Switching the face\u2026");
+  try {
+    const updated = await api("PATCH", `/v1/sessions/${encodeURIComponent(state.session.id)}`, request);
+    state.session.mode = updated.mode;
+    state.session.persona = updated.persona;
+    showSession();
+    notice("Face switched on the live stream.");
+  } catch (err) {
+    notice("");
+    showError(err);
+    $("face").value = faceOf(state.session); // the stream keeps its face
+    describeFace();
+  } finally {
+    state.busy = false;
+    $("face").disabled = false;
+  }
 }
 
 // -- going live -----------------------------------------------------------------------------
@@ -548,7 +579,7 @@ function init() {
     }
   });
   $("forget").addEventListener("click", () => { forgetKey(); notice("API key forgotten."); });
-  $("face").addEventListener("change", describeFace);
+  $("face").addEventListener("change", () => { describeFace(); switchLive(); });
   $("start").addEventListener("click", goLive);
   $("stop").addEventListener("click", () => stop());
   $("end").addEventListener("click", endSession);

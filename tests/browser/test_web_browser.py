@@ -165,9 +165,11 @@ async def _has_frames(page: Any, element_id: str) -> Any:
 # -- masking check -----------------------------------------------------------------------------
 
 
-def check_masked(shot_path: Path, source: list[np.ndarray], has_face: bool) -> str | None:
+def check_masked(shot_path: Path, source: list[np.ndarray], has_face: bool, face_diff_floor: float = 20.0) -> str | None:
     """The played picture is the stream (the background matches a source frame) with the face
     replaced (that region differs, and the recognizer does not find the publisher in it).
+    ``face_diff_floor``: how much the face region must differ at least (a pixelated face keeps
+    its average colours, so it differs less than a swapped one).
     Returns why the masking part could not be checked (no face in the camera), else None."""
     shot = cv2.cvtColor(cv2.imread(str(shot_path)), cv2.COLOR_BGR2RGB)
     assert shot.shape[:2] == (SIZE[1], SIZE[0]), f"screenshot {shot_path} is {shot.shape}, expected {SIZE}"
@@ -208,7 +210,7 @@ def check_masked(shot_path: Path, source: list[np.ndarray], has_face: bool) -> s
               f"{background:.1f}, face diff {face_region:.1f}; cosine to the publisher at the face's place {same_place:.3f}, "
               f"of faces found in the screenshot {[round(c, 3) for c in played_faces]}")
     assert background < 20, "the played picture is not the published stream: " + report
-    assert face_region > max(20.0, 2 * background), "the face region is (nearly) the raw input: " + report
+    assert face_region > max(face_diff_floor, 2 * background), "the face region is (nearly) the raw input: " + report
     assert same_place < LEAK_COSINE, "the publisher's identity reaches the viewer: " + report
     assert all(c < LEAK_COSINE for c in played_faces), "a face in the played picture is the publisher: " + report
     print(report)
@@ -267,6 +269,24 @@ async def test_studio_publishes_the_camera_and_the_embed_player_shows_it_masked(
     await player.locator("#video").screenshot(path=str(shot))
     await studio.screenshot(path=str(tmp_path / "studio.png"))  # for a person looking at a failure
     not_checked = await asyncio.to_thread(check_masked, shot, source, camera[1])
+
+    # a new face chosen while live is switched on the running stream (PATCH), which plays on
+    await studio.select_option("#face", "pixelate")
+    await studio.wait_for_function("() => /Face switched/.test(document.getElementById('notice').textContent)", timeout=15_000)
+    assert await studio.is_hidden("#error")
+
+    async def switched() -> bool:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{base(web_node)}/v1/sessions/{session_id}", headers={"Authorization": f"Bearer {API_KEY}"})
+            body = await resp.json()
+        return body["mode"] == "pixelate" and body["state"] == "live" and (body["live"] or {}).get("face_switches") == 1
+
+    await wait_until(switched, 10, "the stream to take up the new face")
+    assert "pixelate" in ((await studio.text_content("#session-mode")) or "")
+    await wait_playing(player, "video", 10)
+    await asyncio.sleep(0.5)
+    await player.locator("#video").screenshot(path=str(tmp_path / "embed_player_pixelated.png"))
+    await asyncio.to_thread(check_masked, tmp_path / "embed_player_pixelated.png", source, camera[1], 10.0)
 
     # Stop deletes the WHIP and WHEP resources: the node has no peer of the studio left
     peers_before = len(web_node.webrtc.peers())

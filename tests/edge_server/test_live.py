@@ -120,3 +120,48 @@ def test_a_pipeline_that_fails_to_build_leaves_the_session_idle() -> None:
         await manager.publisher_gone(sid, runtime)
 
     asyncio.run(main())
+
+
+def test_a_live_face_switch_is_built_off_the_loop_and_handed_to_the_stream() -> None:
+    async def main() -> None:
+        built: list[tuple[str, RecordingProcessor]] = []
+        release = threading.Event()
+        release.set()
+
+        def factory(session):
+            assert release.wait(5.0)
+            if session.mode == "pixelate":
+                raise RuntimeError("injected: the new face's pipeline cannot be built")
+            built.append((session.mode, RecordingProcessor()))
+            return built[-1][1]
+
+        service = _service()
+        manager = _manager(service, factory)
+        idle = await service.create("partner", SESSION)
+        assert await manager.switch_face(idle.session, {"mode": "blur"}) == "absent"  # no stream to change
+        created, runtime = await _publish(manager, service)
+        try:
+            assert await manager.switch_face(created.session, {"mode": "blur"}) == "switched"
+            mode, processor = built[-1]
+            assert mode == "blur" and processor.built_on != threading.get_ident()
+            assert runtime._next_processor is processor  # taken up with the next frame
+            assert created.session.mode == "anonymize"  # the stored session is the API's to change
+            with pytest.raises(RuntimeError):
+                await manager.switch_face(created.session, {"mode": "pixelate"})
+            assert runtime._next_processor is processor  # a failed build changes nothing
+        finally:
+            await manager.publisher_gone(created.session.id, runtime)
+        assert processor.closed  # closed with the stream, never used
+
+        # while the first pipeline is still being built: nothing to switch yet
+        release.clear()
+        other = await service.create("partner", SESSION)
+        publish = asyncio.ensure_future(
+            manager.begin_webrtc_publish(other.publish_token.token, other.session.id, lambda reason: None, "test")
+        )
+        await asyncio.sleep(0.05)
+        assert await manager.switch_face(other.session, {"mode": "blur"}) == "starting"
+        release.set()
+        await manager.publisher_gone(other.session.id, await publish)
+
+    asyncio.run(main())

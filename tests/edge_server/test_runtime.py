@@ -4,6 +4,7 @@ Targets are real: an in-process ffmpeg listener receives what the runtime pushes
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +116,43 @@ def test_decode_backlog_skips_to_next_keyframe(clip_small: Path) -> None:
     dropped = runtime.dropped["slot"] + runtime.dropped["backlog"]
     assert dropped > 0 and runtime.frames_out + dropped >= sent * 0.95
     assert runtime.frames_out < sent
+
+
+class _Stamping(IdentityProcessor):
+    """Records which frames it processed (by pts), in one shared log, and when it was closed."""
+
+    def __init__(self, name: str, log: list[tuple[str, int]]) -> None:
+        self.name, self.log, self.closed = name, log, threading.Event()
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        assert not self.closed.is_set(), f"{self.name} processed a frame after it was closed"
+        self.log.append((self.name, frame.pts))
+        return frame
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.e2e
+def test_a_face_switch_takes_effect_between_two_frames(clip_small: Path) -> None:
+    """replace_processor from another thread (the API's): the old processor handles every
+    frame up to the switch, the new one every frame after, none is skipped or done twice;
+    a switch superseded before any frame came is closed unused; the last one is closed at stop."""
+    processed: list[tuple[str, int]] = []
+    old, unused, new = (_Stamping(n, processed) for n in ("old", "unused", "new"))
+    runtime = SessionRuntime("ses_s", [], old, RuntimeSettings(), MediaMetrics())
+    runtime.start()
+    tags = flv_tags(clip_small)[:150]
+    feed(runtime, tags[:70])
+    assert runtime.replace_processor(unused) and runtime.replace_processor(new)
+    assert unused.closed.wait(1.0) and ("unused", 0) not in processed
+    feed(runtime, tags[70:])
+    runtime.stop()
+    names = [name for name, _ in processed]
+    assert names and names[0] == "old" and names[-1] == "new" and "unused" not in names
+    assert names == sorted(names, key=lambda n: n != "old"), "frames by the old and the new processor interleave"
+    pts = [p for _, p in processed]
+    assert len(set(pts)) == len(pts) and pts == sorted(pts), "a frame was processed twice or out of order"
+    assert runtime.frames_out == len(processed) and runtime.face_switches == 1
+    assert old.closed.wait(2.0) and new.closed.is_set()
+    assert not runtime.replace_processor(_Stamping("late", processed)), "no switch once stopping"

@@ -24,6 +24,7 @@ from edge_server.config import PipelineConfig
 from pipeline.backends import Backend, create_backend
 from pipeline.backends.onnx import YuNetDetector
 from pipeline.masker import FaceMasker
+from pipeline.stage import IdentityProcessor
 from pipeline.types import FaceLandmarks
 from tests.helpers import have_shared_eval
 
@@ -739,3 +740,44 @@ def test_anonymized_faces_follow_the_stream_size(backend, face_frames, face_boxe
         assert swapper.calls and all(not c[0].startswith("ephemeral-sculpted-") for c in swapper.calls)
     finally:
         masker.close()
+
+
+def test_a_live_face_switch_carries_the_faces_over(backend, face_frames, face_boxes):
+    """The masker that replaces another mid-stream (PATCH mode/persona) follows the faces the
+    old one tracked from its first frame: with a detector that never finds the face and no
+    segmenter, a fresh masker shows it; one that took over keeps it masked."""
+    blind = _Wrap(backend.detector, lambda f, *a: [])
+    old, _ = _masker(backend, "anonymize")
+    new, seen = _masker(backend, "blur", detector=blind, segmenter=None)
+    fresh, _ = _masker(backend, "blur", detector=_Wrap(backend.detector, lambda f, *a: []), segmenter=None)
+    try:
+        _run(old, face_frames[:12], face_boxes[:12], "before the switch")
+        ids = [t.id for t in old.tracker.tracks]
+        assert ids
+        assert new.take_over(old)
+        old.close()
+        _run(new, face_frames[12:], face_boxes[12:], "after the switch")
+        assert [t.id for t in new.tracker.tracks] == ids and not seen  # followed, never lost
+        assert not new.take_over(old), "only before the first frame"
+        out = fresh.process(face_frames[12])
+        assert face_detail_correlation(face_frames[12], out, face_boxes[12]) > 0.9, "the control: a fresh start without help shows it"
+    finally:
+        for m in (old, new, fresh):
+            m.close()
+
+
+def test_a_switch_away_from_a_masker_still_running_a_late_frame_starts_afresh(backend, face_frames, face_boxes):
+    release = threading.Event()
+    stalled = _Wrap(backend.segmenter, lambda f, *a: (release.wait(2.0), f(*a))[1], calls={3})
+    old, _ = _masker(backend, "anonymize", segmenter=stalled, deadline_ms=100, segment_every=1)
+    new, _ = _masker(backend, "pixelate")
+    try:
+        for f in face_frames[:4]:
+            old.process(f)  # the fourth misses its deadline and is still running
+        assert not new.take_over(old)  # that late frame owns the old state
+        assert not new.take_over(IdentityProcessor())
+        _run(new, face_frames[4:10], face_boxes[4:10], "a fresh start")
+    finally:
+        release.set()
+        old.close()
+        new.close()
