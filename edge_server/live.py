@@ -219,11 +219,16 @@ class LiveManager:
         if live is None:
             return "starting" if session.id in self._starting else "absent"
         candidate = dataclasses.replace(session, **fields)
-        processor = await asyncio.get_running_loop().run_in_executor(None, self.processor_factory, candidate)
+        try:
+            processor = await asyncio.get_running_loop().run_in_executor(None, self.processor_factory, candidate)
+        except Exception:
+            self.metrics.face_switches.labels("failed").inc()
+            raise
         current = self._live.get(session.id)
         if current is None or current.runtime is not live.runtime or not live.runtime.replace_processor(processor):
             processor.close()  # the publish ended while the new face was built
             return "absent"
+        self.metrics.face_switches.labels("switched").inc()
         log.info("session %s: face switching to mode %s", session.id, candidate.mode)
         return "switched"
 

@@ -53,6 +53,9 @@ class MediaMetrics:
         self.pipeline_stage_seconds = Histogram(
             "hikariedge_pipeline_stage_seconds", "Masking pipeline time per frame, by stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
         )
+        self.face_switches = Counter(
+            "hikariedge_face_switches", "Live face switches (a new mode or persona while live), by result: switched, failed", ["result"], registry=r
+        )
         self.rejected_publishes = Counter("hikariedge_rejected_publishes", "Publish attempts refused, by reason", ["reason"], registry=r)
         self.whep_viewers = Gauge("hikariedge_whep_viewers", "WHEP viewers of a session", ["session"], registry=r)
         self.whep_viewers_all = Gauge("hikariedge_whep_viewers_all", "WHEP viewers, all sessions", registry=r)

@@ -149,6 +149,9 @@ def test_a_live_face_switch_is_built_off_the_loop_and_handed_to_the_stream() -> 
             with pytest.raises(RuntimeError):
                 await manager.switch_face(created.session, {"mode": "pixelate"})
             assert runtime._next_processor is processor  # a failed build changes nothing
+            sample = manager.metrics.registry.get_sample_value
+            counted = {r: sample("hikariedge_face_switches_total", {"result": r}) for r in ("switched", "failed")}
+            assert counted == {"switched": 1, "failed": 1}
         finally:
             await manager.publisher_gone(created.session.id, runtime)
         assert processor.closed  # closed with the stream, never used
