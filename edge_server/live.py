@@ -232,6 +232,16 @@ class LiveManager:
         log.info("session %s: face switching to mode %s", session.id, candidate.mode)
         return "switched"
 
+    def change_targets(self, session: Any, targets: list[Any]) -> str:
+        """A live session's new target list, applied to its running stream at once (targets
+        that stay keep their connections; ``SessionRuntime.replace_targets``). Returns
+        "changed", or "starting" / "absent" as ``switch_face`` does."""
+        live = self._live.get(session.id)
+        if live is None:
+            return "starting" if session.id in self._starting else "absent"
+        live.runtime.replace_targets(targets)
+        return "changed"
+
     def runtime(self, session_id: str) -> SessionRuntime | None:
         live = self._live.get(session_id)
         return live.runtime if live is not None else None

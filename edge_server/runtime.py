@@ -124,6 +124,8 @@ class SessionRuntime:
         self._worker_thread = threading.Thread(target=self._worker_loop, name=f"pipeline-{session_id}", daemon=True)
         self._stopped = False
         self._next_processor: FrameProcessor | None = None  # a live face switch, taken up before the next frame
+        self._egress_lock = threading.Lock()  # the egress set: made on the pipeline thread, changed from the API
+        self._egress_kit: tuple[StreamLayout, EgressHooks] | None = None  # what a target added live is made with
         self.face_switches = 0
 
     def start(self) -> None:
@@ -221,7 +223,9 @@ class SessionRuntime:
             thread.join(timeout)
             if thread.is_alive():  # a daemon: it cannot hold up the process, but it should not happen
                 log.warning("session %s: thread %s did not stop within %.0f s", self.session_id, thread.name, timeout)
-        for egress in self.egresses:
+        with self._egress_lock:
+            egresses = self.egresses
+        for egress in egresses:
             egress.close(timeout)
         with self._lock:
             pending, self._next_processor = self._next_processor, None
@@ -375,7 +379,7 @@ class SessionRuntime:
                 encoder.request_keyframe()
             packets = encoder.encode(output, ingest_time)
             self._observe("encode", time.perf_counter() - started)
-            if not self.egresses and packets:
+            if self._egress_kit is None and packets:
                 self._start_egress(encoder)
             for packet in packets:
                 self._fan_out(packet)
@@ -402,10 +406,47 @@ class SessionRuntime:
             on_sent=self._on_sent,
             on_skip=lambda n: self._drop("egress_skip", n),
         )
-        egresses = tuple(RtmpEgress(t.name, t.url, layout, self.settings.egress, hooks) for t in self.targets)
-        for egress in egresses:
-            egress.start()
-        self.egresses = egresses
+        with self._egress_lock:
+            if self._stopped:
+                return
+            self._egress_kit = (layout, hooks)
+            egresses = tuple(RtmpEgress(t.name, t.url, layout, self.settings.egress, hooks) for t in self.targets)
+            for egress in egresses:
+                egress.start()
+            self.egresses = egresses
+
+    def replace_targets(self, targets: list[Target]) -> None:
+        """Thread-safe: the session's targets changed while live. A target that stays (the
+        same URL; its name is only a label) keeps its connection; a new one is dialled and
+        starts at the next keyframe (asked for now); a removed one is flushed and closed
+        cleanly on a thread of its own, so neither the caller nor the other targets wait."""
+        with self._egress_lock:
+            self.targets = list(targets)
+            if self._egress_kit is None or self._stopped:
+                return  # no packet yet: the first one starts exactly these targets
+            layout, hooks = self._egress_kit
+            spare: dict[str, list[RtmpEgress]] = {}  # by URL: a target's name is only its label (and may be positional)
+            for egress in self.egresses:
+                spare.setdefault(egress.url, []).append(egress)
+            kept: list[RtmpEgress] = []
+            added: list[RtmpEgress] = []
+            for t in targets:
+                same = spare.get(t.url)
+                if same:
+                    kept.append(same.pop(0))
+                    kept[-1].name = t.name
+                else:
+                    added.append(RtmpEgress(t.name, t.url, layout, self.settings.egress, hooks))
+                    kept.append(added[-1])
+            removed = [e for left in spare.values() for e in left]
+            for egress in added:
+                egress.start()
+            self.egresses = tuple(kept)
+        for egress in removed:
+            threading.Thread(target=egress.close, name=f"close-{egress.name}", daemon=True).start()
+        if added:
+            self.request_keyframe()
+        log.info("session %s: targets changed live: %d added, %d removed", self.session_id, len(added), len(removed))
 
     def _fan_out(self, packet: EncodedVideo) -> None:
         self.frames_out += 1

@@ -28,15 +28,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class LiveView(Protocol):
-    """What the API needs from the media plane: readiness, per-session live figures, and a
-    live face switch (``edge_server.live.LiveManager.switch_face``)."""
+    """What the API needs from the media plane: readiness, per-session live figures, and live
+    changes of face and targets (``edge_server.live.LiveManager``)."""
 
     def ready(self) -> bool: ...
     def stats(self, session_id: str) -> dict[str, Any] | None: ...
     async def switch_face(self, session: Any, fields: dict[str, Any]) -> str: ...
+    def change_targets(self, session: Any, targets: list[Any]) -> str: ...
 
 
-LIVE_FIELDS = frozenset({"mode", "persona"})  # what PATCH may change while the session is live
+LIVE_FIELDS = frozenset({"mode", "persona", "targets"})  # what PATCH may change while the session is live
+FACE_FIELDS = frozenset({"mode", "persona"})
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,10 @@ class Api:
         except ValidationError as exc:
             return json_error(400, "invalid_field", exc.message, field=exc.field)
         if session.state is SessionState.ENDED:
-            return json_error(409, "conflict", "session ended; settings change while it is idle (mode and persona also while live)")
+            return json_error(409, "conflict", "session ended; settings change while it is idle (mode, persona and targets also while live)")
         blocked = sorted(set(fields) - LIVE_FIELDS)
         if session.state is SessionState.LIVE and blocked:
-            return json_error(409, "conflict", f"session is live: only mode and persona change now; {', '.join(blocked)} only while idle", field=blocked[0])
+            return json_error(409, "conflict", f"session is live: only mode, persona and targets change now; {', '.join(blocked)} only while idle", field=blocked[0])
         if fields.get("mode", session.mode) == "persona" and fields.get("persona", session.persona) is None:
             return json_error(400, "invalid_field", "is required when mode is persona", field="persona")
         if self.persona_check is not None:
@@ -212,8 +214,8 @@ class Api:
         if not fields:
             return web.json_response(self._session_body(session))
         if session.state is SessionState.LIVE:
-            async with self._live_switch:  # one at a time: the stored face is the one the stream wears
-                reply = await self._switch_live_face(session, fields)
+            async with self._live_switch:  # one at a time: what is stored is what the stream does
+                reply = await self._change_live(session, fields)
                 if reply is not None:
                     return reply
                 updated = await self.service.update(session, fields, SessionState.LIVE)
@@ -225,18 +227,24 @@ class Api:
             return json_error(409, "conflict", "the session's state changed meanwhile; read it and try again")
         return web.json_response(self._session_body(updated))
 
-    async def _switch_live_face(self, session: Session, fields: dict[str, Any]) -> web.Response | None:
-        """Give the running stream its new face; None when done (or when no stream is left to
-        change, and the change is only stored), else the error to answer."""
-        try:
-            outcome = await self.live.switch_face(session, fields)
-        except Exception:
-            log.exception("session %s: the pipeline for the new face could not be built", session.id)
-            return json_error(500, "pipeline_failed", "the masking pipeline for the new face could not be started; the stream keeps its face")
+    async def _change_live(self, session: Session, fields: dict[str, Any]) -> web.Response | None:
+        """Give the running stream its new face and/or targets (the face first: if its pipeline
+        cannot be built, nothing changes); None when done (or when no stream is left to change,
+        and the change is only stored), else the error to answer."""
+        face = {k: v for k, v in fields.items() if k in FACE_FIELDS}
+        outcome = "switched"
+        if face:
+            try:
+                outcome = await self.live.switch_face(session, face)
+            except Exception:
+                log.exception("session %s: the pipeline for the new face could not be built", session.id)
+                return json_error(500, "pipeline_failed", "the masking pipeline for the new face could not be started; the stream keeps its face")
+        if "targets" in fields and outcome == "switched":
+            outcome = self.live.change_targets(session, fields["targets"])
         if outcome == "starting":
             return json_error(409, "starting", "the session is going live right now; try again in a moment", headers={"Retry-After": "1"})
         if outcome == "absent" and await self.service.is_live(session.id):
-            return json_error(409, "conflict", "the session is live, but not on this node: change its face from the node it streams to")
+            return json_error(409, "conflict", "the session is live, but not on this node: change it from the node it streams to")
         return None
 
     async def delete_session(self, request: web.Request) -> web.Response:

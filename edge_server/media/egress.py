@@ -85,6 +85,11 @@ class RtmpEgress:
         self._need_keyframe = True
         self._thread = threading.Thread(target=self._run, name=f"egress-{name}", daemon=True)
 
+    @property
+    def url(self) -> str:
+        """For telling targets apart (a live target change); it holds the key: never log it."""
+        return self._url
+
     def start(self) -> None:
         self._thread.start()
 

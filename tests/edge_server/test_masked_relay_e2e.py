@@ -94,8 +94,8 @@ async def test_switching_the_face_live_never_shows_the_real_one(node: Node, tmp_
     await wait_state(node, session["id"], "live")
     await wait_streaming(node, session["id"])
     async with aiohttp.ClientSession() as http:
-        resp = await http.patch(url, json={"targets": [receiver.url]}, headers=AUTH)
-        assert resp.status == 409 and (await resp.json())["error"]["field"] == "targets"  # not while live
+        resp = await http.patch(url, json={"max_duration_s": 600}, headers=AUTH)
+        assert resp.status == 409 and (await resp.json())["error"]["field"] == "max_duration_s"  # not while live
         resp = await http.patch(url, json={"mode": "persona", "persona": "no-such-persona"}, headers=AUTH)
         assert resp.status == 400  # checked before anything changes
         real_factory = node.live.processor_factory

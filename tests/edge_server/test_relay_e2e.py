@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
 from edge_server.node import Node
+from signaling.models import redact_url
 from tests.conftest import node_config
 from tests.helpers import API_KEY, analyse_flv, free_port, publish, start_receiver
 
@@ -152,6 +154,42 @@ async def test_delete_ends_the_live_stream_and_kills_the_key(node: Node, clip_sm
     again = publish(clip_small, publish_url(session))
     assert await asyncio.to_thread(again.wait, 20) != 0
     assert (await get_session(node, session["id"]))["state"] == "ended"
+
+
+async def test_targets_change_while_live(node: Node, clip_small: Path, tmp_path: Path) -> None:
+    """PATCH targets while OBS streams: a target added is reached from a keyframe on, in
+    sync; one removed gets a clean end of stream at once; one that stays keeps its
+    connection throughout; the publisher never notices."""
+    first, second = start_receiver(tmp_path / "first.flv"), start_receiver(tmp_path / "second.flv")
+    session = await create_session(node, [first.url])
+    url = f"http://127.0.0.1:{node.http_port}/v1/sessions/{session['id']}"
+    publisher = publish(clip_small, publish_url(session))
+    await wait_state(node, session["id"], "live")
+    async with aiohttp.ClientSession() as http:
+        while not ((await get_session(node, session["id"]))["live"] or {}).get("frames_out"):
+            await asyncio.sleep(0.1)  # streaming, not just marked live
+        await asyncio.sleep(1.0)
+        resp = await http.patch(url, json={"targets": [first.url, second.url]}, headers=AUTH)
+        body = await resp.json()
+        assert resp.status == 200 and [t["url"] for t in body["targets"]] == [redact_url(first.url), redact_url(second.url)], body
+        await asyncio.sleep(2.0)
+        live = (await get_session(node, session["id"]))["live"]
+        assert [(t["connected"], t["reconnects"]) for t in live["targets"]] == [(True, 0), (True, 0)], live["targets"]
+        resp = await http.patch(url, json={"targets": [second.url]}, headers=AUTH)
+        assert resp.status == 200
+        assert await asyncio.to_thread(first.wait, 10) == 0  # a clean end of stream, while ...
+        assert publisher.poll() is None  # ... the publisher streams on
+    assert await asyncio.to_thread(publisher.wait, 60) == 0
+    assert await asyncio.to_thread(second.wait, 20) == 0
+    sent, a, b = analyse_flv(clip_small), analyse_flv(first.path), analyse_flv(second.path)
+    assert set(a.video_pts_ms) <= set(sent.video_pts_ms) and set(b.video_pts_ms) <= set(sent.video_pts_ms)
+    assert a.video_pts_ms[-1] < b.video_pts_ms[-1] and b.video_pts_ms[0] > a.video_pts_ms[0]
+    for got in (a, b):  # no frame missing in either's span (30 fps: 33-34 ms apart)
+        assert max(np.diff([t for t in got.video_pts_ms if t >= STARTUP_MS])) <= 70, got.video_pts_ms
+    overlap = [t for t in b.video_pts_ms if t <= a.video_pts_ms[-1]]
+    assert len(overlap) >= 30, "both targets got the same frames while both were on"
+    for flash in [t for t in b.flash_ms if t > b.video_pts_ms[0] + 100]:  # the added target is in sync too
+        assert abs(min(b.beep_ms, key=lambda beep: abs(beep - flash)) - flash) <= 34
 
 
 async def test_max_duration_ends_the_session(node: Node, clip_small: Path, tmp_path: Path) -> None:

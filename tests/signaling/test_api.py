@@ -129,13 +129,13 @@ async def test_patch_delete_and_409s(node: Node) -> None:
         resp = await http.patch(url, json={"mode": "persona"}, headers=AUTH)
         assert resp.status == 400 and (await resp.json())["error"]["field"] == "persona"
 
-        # a live session refuses a second publisher and changes to anything but its face (409);
-        # its face changes only where its stream runs (here the store says live, but this node
+        # a live session refuses a second publisher and changes to anything but its face and
+        # targets (409); those change only where its stream runs (here the store says live, but this node
         # runs no stream for it: tests/edge_server/test_masked_relay_e2e.py switches a real one)
         session = await node.service.begin_publish(created["rtmp"]["stream_key"])
         assert session.state is SessionState.LIVE
-        resp = await http.patch(url, json={"targets": [], "mode": "pixelate"}, headers=AUTH)
-        assert resp.status == 409 and (await resp.json())["error"]["field"] == "targets"
+        resp = await http.patch(url, json={"max_duration_s": 60, "mode": "pixelate"}, headers=AUTH)
+        assert resp.status == 409 and (await resp.json())["error"]["field"] == "max_duration_s"
         resp = await http.patch(url, json={"mode": "pixelate"}, headers=AUTH)
         assert resp.status == 409 and "not on this node" in (await resp.json())["error"]["message"]
         assert (await (await http.get(url, headers=AUTH)).json())["mode"] == "blur"  # unchanged
