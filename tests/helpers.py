@@ -73,9 +73,9 @@ class Receiver:
             return self.process.wait(5)
 
 
-def start_receiver(path: Path, port: int | None = None) -> Receiver:
+def start_receiver(path: Path, port: int | None = None, key: str = "target-key") -> Receiver:
     port = port or free_port()
-    url = f"rtmp://127.0.0.1:{port}/app/target-key"
+    url = f"rtmp://127.0.0.1:{port}/app/{key}"
     process = subprocess.Popen(
         [ffmpeg_exe(), "-loglevel", "error", "-y", "-listen", "1", "-timeout", "30", "-copyts", "-i", url, "-c", "copy", "-f", "flv", str(path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,6 +1,7 @@
 // The studio page: API key -> session -> camera over WHIP -> masked result over WHEP, with figures.
-// Secrets (API key, publish token, play tokens) live in variables and, for the API key only,
-// in this tab's sessionStorage. They are never written to the console or into the page.
+// Secrets (API key, publish token, play tokens, the targets' stream keys) live in variables
+// and, for the API key only, in this tab's sessionStorage. They are never written to the
+// console or into the page.
 
 import { HttpError, deleteResource, errorFrom, summarizeStats, whepPlay, whipPublish } from "./rtc.js";
 
@@ -12,6 +13,7 @@ const state = {
   personas: [],
   styles: [],
   preview: null, // {id, url}: the shown persona texture (a blob: URL of our own fetch)
+  targets: [], // [{name, url}]: RTMP targets; the URLs hold stream keys (memory only, never shown)
   session: null, // the session JSON (without tokens)
   publishToken: null,
   publisher: null, // {pc, location, videoSender}
@@ -222,6 +224,93 @@ function sessionRequest() {
   return { mode: value, persona: null };
 }
 
+// -- targets ------------------------------------------------------------------------------------
+
+// What the page shows of a target URL: scheme, host and app; the last segment (the key) hidden.
+function redactTarget(url) {
+  const bare = url.split("?")[0].replace(/\/+$/, "");
+  const cut = bare.lastIndexOf("/");
+  return cut > bare.indexOf("//") + 1 ? bare.slice(0, cut) + "/***" : bare;
+}
+
+let shownTargets = "";
+
+function renderTargets(live) {
+  const list = $("target-list");
+  const shown = JSON.stringify([state.targets.map((t) => [t.name, redactTarget(t.url)]), live || null]);
+  if (shown === shownTargets) return; // unchanged: keep the buttons under the pointer
+  shownTargets = shown;
+  list.replaceChildren();
+  if (!state.targets.length) {
+    const empty = document.createElement("li");
+    empty.className = "muted";
+    empty.id = "no-targets";
+    empty.textContent = "none yet";
+    list.appendChild(empty);
+    return;
+  }
+  state.targets.forEach((target, i) => {
+    const item = document.createElement("li");
+    const label = document.createElement("span");
+    label.textContent = `${target.name || "target " + (i + 1)}: ${redactTarget(target.url)}`;
+    const status = document.createElement("span");
+    status.className = "state";
+    const figures = live && live[i];
+    if (figures) {
+      status.dataset.ok = String(!!figures.connected);
+      status.textContent = figures.connected ? "connected" : `connecting (${figures.reconnects} retries)`;
+    }
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", () => changeTargets(state.targets.filter((_, k) => k !== i), "Target removed."));
+    item.append(label, status, remove);
+    list.appendChild(item);
+  });
+}
+
+async function addTarget() {
+  clearError();
+  const server = $("target-server").value.trim();
+  const key = $("target-key").value.trim();
+  if (!/^rtmps?:\/\/[^/]+/i.test(server)) {
+    showError("the server must be an rtmp:// or rtmps:// URL, as the platform gives it");
+    return;
+  }
+  const url = key ? server.replace(/\/+$/, "") + "/" + key : server;
+  const target = { url };
+  const name = $("target-name").value.trim();
+  if (name) target.name = name;
+  if (await changeTargets([...state.targets, target], "Target added.")) {
+    $("target-key").value = "";
+    $("target-name").value = "";
+  }
+}
+
+// A session already made (idle or live) gets the new list at once (PATCH; live, a target
+// that stays keeps its connection); otherwise the list goes with the session when it is made.
+async function changeTargets(targets, done) {
+  if (state.busy) return false;
+  const session = state.session && state.session.state !== "ended" ? state.session : null;
+  if (session) {
+    state.busy = true;
+    try {
+      const updated = await api("PATCH", `/v1/sessions/${encodeURIComponent(session.id)}`, { targets });
+      state.targets = targets.map((t, i) => ({ url: t.url, name: updated.targets[i] ? updated.targets[i].name : t.name }));
+    } catch (err) {
+      showError(err);
+      return false;
+    } finally {
+      state.busy = false;
+    }
+  } else {
+    state.targets = targets;
+  }
+  renderTargets();
+  notice(done + (session && state.publisher ? " The stream goes on." : ""));
+  return true;
+}
+
 function faceOf(session) {
   return session.mode === "persona" && session.persona ? "persona:" + session.persona : session.mode;
 }
@@ -286,7 +375,9 @@ async function goLive() {
     const request = sessionRequest();
     if (!sameRequest(state.session, request) || !state.publishToken) {
       notice("Creating a session\u2026");
-      const created = await api("POST", "/v1/sessions", request);
+      const created = await api("POST", "/v1/sessions", { ...request, targets: state.targets });
+      state.targets = state.targets.map((t, i) => ({ url: t.url, name: created.targets[i] ? created.targets[i].name : t.name }));
+      renderTargets();
       if (!created.whip || !created.whip.bearer_token) throw new Error("this node has WebRTC turned off (no WHIP URL in the session)");
       state.publishToken = created.whip.bearer_token;
       delete created.whip.bearer_token; // keep only what the page shows
@@ -360,6 +451,7 @@ async function stop({ quiet = false } = {}) {
   $("start").disabled = false;
   $("copy-embed").disabled = !state.session;
   state.prevPub = state.prevPlay = null;
+  renderTargets(); // no live figures any more
   if (state.apiKey) setState("ready", state.session ? "stopped" : "ready");
   if (!quiet) notice("Stopped. The session stays open: Go live again, or end it.");
 }
@@ -535,6 +627,7 @@ async function updateServerStats() {
     state.session.state = s.state;
     set("srv-state", s.state);
     const live = s.live || {};
+    if (live.targets) renderTargets(live.targets);
     set("srv-fps", fmt.n(live.fps_out, 1));
     set("srv-viewers", fmt.n(live.viewers));
     set("srv-in", fmt.n(live.frames_in));
@@ -587,6 +680,7 @@ function init() {
   $("paint-persona").addEventListener("click", paintPersona);
   $("upload-persona").addEventListener("click", uploadPersona);
   $("delete-persona").addEventListener("click", deletePersona);
+  $("add-target-button").addEventListener("click", addTarget);
   window.addEventListener("pagehide", () => {
     if (state.publisher) deleteResource(state.publisher.location, { keepalive: true });
     if (state.viewer) deleteResource(state.viewer.location, { keepalive: true });

@@ -30,7 +30,7 @@ import pytest_asyncio
 
 from edge_server.node import Node
 from tests.conftest import node_config
-from tests.helpers import API_KEY, ffmpeg_exe, have_shared_eval
+from tests.helpers import API_KEY, analyse_flv, ffmpeg_exe, have_shared_eval, start_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -237,6 +237,17 @@ async def test_studio_publishes_the_camera_and_the_embed_player_shows_it_masked(
     faces = await studio.eval_on_selector_all("#face option", "els => els.map(e => e.value)")
     assert "anonymize" in faces and "persona:builtin-soft" in faces, faces
     await studio.select_option("#face", "anonymize")
+    # a restream target, as a platform gives it: server and stream key
+    stream_key = "live_4242_sEcReTsTrEaMkEy"
+    target = start_receiver(tmp_path / "restream.flv", key=stream_key)
+    await studio.click("#add-target summary")
+    await studio.fill("#target-name", "rx")
+    await studio.fill("#target-server", target.url.rsplit("/", 1)[0])
+    await studio.fill("#target-key", stream_key)
+    await studio.click("#add-target-button")
+    listed = (await studio.text_content("#target-list")) or ""
+    assert listed.startswith("rx: ") and "/app/***" in listed and stream_key not in listed, listed
+    assert await studio.input_value("#target-key") == ""
     await studio.click("#start")
     await studio.wait_for_selector("#state[data-state='live']", timeout=20_000)
     session_id = (await studio.text_content("#session-id") or "").strip()
@@ -263,6 +274,7 @@ async def test_studio_publishes_the_camera_and_the_embed_player_shows_it_masked(
 
     shown = await wait_until(figures, 10, "the studio's live figures")
     assert int(shown["play-decoded"]) > 0, shown
+    await studio.wait_for_function("() => /connected/.test(document.getElementById('target-list').textContent)", timeout=15_000)
 
     source = await asyncio.to_thread(read_frames, camera[0])
     shot = tmp_path / "embed_player.png"
@@ -288,6 +300,14 @@ async def test_studio_publishes_the_camera_and_the_embed_player_shows_it_masked(
     await player.locator("#video").screenshot(path=str(tmp_path / "embed_player_pixelated.png"))
     await asyncio.to_thread(check_masked, tmp_path / "embed_player_pixelated.png", source, camera[1], 10.0)
 
+    # the target removed while live: it gets a clean end of stream, the viewers play on
+    await studio.click("#target-list button")
+    await studio.wait_for_function("() => /Target removed/.test(document.getElementById('notice').textContent)", timeout=10_000)
+    assert await asyncio.to_thread(target.wait, 15) == 0
+    assert len(analyse_flv(target.path).video_pts_ms) >= 30, "the target got the masked stream while it was on"
+    await wait_playing(player, "video", 10)
+    assert stream_key not in await studio.content()
+
     # Stop deletes the WHIP and WHEP resources: the node has no peer of the studio left
     peers_before = len(web_node.webrtc.peers())
     await studio.click("#stop")
@@ -300,7 +320,7 @@ async def test_studio_publishes_the_camera_and_the_embed_player_shows_it_masked(
     await studio.wait_for_selector("#session-id:text('none')", timeout=10_000)
     await player.wait_for_selector("#message[data-kind='error']", timeout=20_000)
     assert "ended" in ((await player.text_content("#message-text")) or "")
-    studio_log.check(API_KEY, token)
+    studio_log.check(API_KEY, token, stream_key)
     player_log.check(API_KEY, token)
     await embed_context.close()
     await context.close()
