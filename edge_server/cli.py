@@ -10,7 +10,7 @@ import signal
 import sys
 
 from edge_server import filemode
-from edge_server.config import ConfigError, load_config
+from edge_server.config import ConfigError, check_runtime, load_config
 from edge_server.node import Node, StartupInfo
 
 
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return filemode.run(args)
     try:
         config = load_config(args.config)
+        check_runtime(config)
     except ConfigError as exc:
         print(f"hikariedge: {exc}", file=sys.stderr)
         return 2

@@ -100,6 +100,9 @@ class PipelineConfig:
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
     deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one
     segmentation: bool = True  # person mask: covers heads whose face was not found
+    # where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu and a CUDA GPU; never run on
+    # this project's machines). Checked at start: a provider this onnxruntime lacks is refused
+    execution_provider: str = "cpu"
     segment_every: int = 3  # a person mask is reused for up to N - 1 frames, and only while the picture
     # outside the tracked faces has not changed since its frame (a new person re-runs the segmenter at once)
     cover_style: str = "pixelate"  # how the privacy guard covers: pixelate | blur
@@ -142,6 +145,19 @@ class ServerConfig:
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     data_dir: str = "./data"
     log_level: str = "INFO"
+
+
+def check_runtime(config: ServerConfig) -> None:
+    """What the YAML alone cannot tell: that this machine can run the pipeline asked for
+    (the execution provider is there). Raises ConfigError."""
+    if config.pipeline.processor != "mask":
+        return
+    from pipeline.onnx_models import providers_for
+
+    try:
+        providers_for(config.pipeline.execution_provider)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:

@@ -27,7 +27,7 @@ import av
 import cv2
 import numpy as np
 
-from edge_server.config import ConfigError, ServerConfig, load_config
+from edge_server.config import ConfigError, ServerConfig, check_runtime, load_config
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        check_runtime(config)
     except ConfigError as exc:
         print(f"hikariedge: {exc}", file=sys.stderr)
         return 2

@@ -142,6 +142,31 @@ def verify_model(name: str, models_dir: Path | str | None = None) -> Path:
     return path
 
 
+# pipeline.execution_provider -> the onnxruntime providers, in order of preference
+EXECUTION_PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],  # onnxruntime-gpu; not run on this project's machines
+}
+
+
+def providers_for(execution_provider: str) -> list[str]:
+    """The onnxruntime providers for ``pipeline.execution_provider``. One this onnxruntime
+    does not offer is refused here, with what it does offer, rather than left to fall back
+    to the CPU unnoticed."""
+    import onnxruntime as ort
+
+    if execution_provider not in EXECUTION_PROVIDERS:
+        raise ValueError(f"pipeline.execution_provider must be one of {', '.join(EXECUTION_PROVIDERS)}, not {execution_provider!r}")
+    wanted = EXECUTION_PROVIDERS[execution_provider]
+    have = ort.get_available_providers()
+    if wanted[0] not in have:
+        raise ValueError(
+            f"pipeline.execution_provider {execution_provider!r} needs onnxruntime's {wanted[0]}, which this "
+            f"installation lacks (it has {', '.join(have)}): install onnxruntime-gpu on a machine with a CUDA GPU, or use cpu"
+        )
+    return list(wanted)
+
+
 def load_session(
     name: str,
     *,
@@ -170,9 +195,12 @@ def load_session(
     spin = "1" if allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return ort.InferenceSession(
-        str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
-    )
+    wanted = providers or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+    first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+    if session.get_providers()[0] != first:  # onnxruntime falls back quietly when a GPU provider fails to start
+        raise RuntimeError(f"{name}: onnxruntime could not start {first} (it runs on {session.get_providers()[0]})")
+    return session
 
 
 def _rgb_to_input(rgb: np.ndarray, hw: tuple[int, int], what: str) -> np.ndarray:

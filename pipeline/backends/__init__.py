@@ -1,4 +1,6 @@
-"""Stage backends. ``onnx`` (onnxruntime, CPU) is the one that runs today.
+"""Stage backends. ``onnx`` (onnxruntime) is the one that runs today, on the CPU; with
+``execution_provider="cuda"`` the same ONNX files run on onnxruntime-gpu's CUDA provider
+(never run on this project's machines: none has had a GPU).
 
 A TensorRT backend would build engines from the same ONNX files (``trt_engines/``) and
 implement the protocols in ``pipeline/stages.py``; ``create_backend`` is where it plugs in.
@@ -26,17 +28,21 @@ def create_backend(
     detect_width: int = 640,
     segmentation: bool = True,
     models_dir: str | Path | None = None,
+    execution_provider: str = "cpu",
     **options: Any,
 ) -> Backend:
     """``models_dir``: another folder of model files with its MANIFEST.json (default
-    ``pipeline/models``); benchmarks use it to compare two exports in one run."""
+    ``pipeline/models``); benchmarks use it to compare two exports in one run.
+    ``execution_provider``: cpu or cuda (``pipeline.onnx_models.providers_for``)."""
     if name == "onnxruntime":
         from pipeline.backends.onnx import OnnxLandmarker, OnnxSegmenter, YuNetDetector
+        from pipeline.onnx_models import providers_for
 
+        providers = providers_for(execution_provider)
         return Backend(
-            detector=YuNetDetector(detect_width=detect_width, models_dir=models_dir, **options),
-            landmarker=OnnxLandmarker(models_dir=models_dir),
-            segmenter=OnnxSegmenter(models_dir=models_dir) if segmentation else None,
+            detector=YuNetDetector(detect_width=detect_width, models_dir=models_dir, providers=providers, **options),
+            landmarker=OnnxLandmarker(models_dir=models_dir, providers=providers),
+            segmenter=OnnxSegmenter(models_dir=models_dir, providers=providers) if segmentation else None,
         )
     raise ValueError(f"unknown pipeline backend {name!r}; only 'onnxruntime' is available on this build")
 
@@ -48,4 +54,5 @@ def backend_for(config: Any, models_dir: str | Path | None = None) -> Backend:
         segmentation=config.segmentation,
         score_threshold=config.detect_score,
         models_dir=models_dir,
+        execution_provider=config.execution_provider,
     )

@@ -48,13 +48,14 @@ class YuNetDetector:
         max_faces: int = 32,
         min_scale: float = 0.5,
         models_dir: str | Path | None = None,
+        providers: list[str] | None = None,
     ) -> None:
         self.min_scale = min_scale
         self.detect_width = detect_width
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_faces = max_faces
-        self.session = load_session(FACE_DETECTION_YUNET_DYNAMIC, models_dir=models_dir)
+        self.session = load_session(FACE_DETECTION_YUNET_DYNAMIC, models_dir=models_dir, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._priors: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -148,8 +149,8 @@ def crop_matrix(roi: CropRoi, out_size: int = LANDMARK_INPUT_SIZE) -> np.ndarray
 class OnnxLandmarker:
     """MediaPipe's 468-point face mesh on a rotated square crop of the full frame."""
 
-    def __init__(self, models_dir: str | Path | None = None) -> None:
-        self.session = load_session(FACE_LANDMARK, models_dir=models_dir)
+    def __init__(self, models_dir: str | Path | None = None, providers: list[str] | None = None) -> None:
+        self.session = load_session(FACE_LANDMARK, models_dir=models_dir, providers=providers)
 
     input_size = LANDMARK_INPUT_SIZE
 
@@ -176,8 +177,8 @@ class OnnxLandmarker:
 class OnnxSegmenter:
     """MediaPipe selfie segmentation (the landscape 144x256 graph: cheapest, fits 16:9)."""
 
-    def __init__(self, landscape: bool = True, models_dir: str | Path | None = None) -> None:
-        self.session = load_session(SELFIE_SEGMENTATION_LANDSCAPE if landscape else SELFIE_SEGMENTATION, models_dir=models_dir)
+    def __init__(self, landscape: bool = True, models_dir: str | Path | None = None, providers: list[str] | None = None) -> None:
+        self.session = load_session(SELFIE_SEGMENTATION_LANDSCAPE if landscape else SELFIE_SEGMENTATION, models_dir=models_dir, providers=providers)
         shape = self.session.get_inputs()[0].shape
         self._hw = (int(shape[1]), int(shape[2]))
 

@@ -256,3 +256,23 @@ def test_backend_loads_from_the_folder_it_is_given(tmp_path):
         shutil.copy2(onnx_models.MODELS_DIR / f"{name}.onnx", models / f"{name}.onnx")
     backend = create_backend(models_dir=models)
     assert backend.segmenter is not None and backend.segmenter.input_hw == (144, 256)
+
+
+def test_execution_providers_are_checked_not_left_to_fall_back():
+    """pipeline.execution_provider: cpu runs here; cuda needs onnxruntime-gpu and a GPU. A
+    provider this onnxruntime lacks is refused with what it has, and a session that came up
+    on another provider than asked (onnxruntime falls back quietly) is refused too."""
+    import onnxruntime as ort
+
+    assert onnx_models.providers_for("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="one of cpu, cuda"):
+        onnx_models.providers_for("tpu")
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: the path this machine cannot run
+        assert onnx_models.providers_for("cuda")[0] == "CUDAExecutionProvider"
+        return
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        onnx_models.providers_for("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime warns that the provider is not there
+        with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider"):
+            onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
