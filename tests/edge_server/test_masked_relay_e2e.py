@@ -18,7 +18,7 @@ import pytest
 
 from bench.eval_lib import IndependentYuNet, Recognizer, align_face, alignment_matrix, cosine
 from edge_server.node import Node
-from tests.edge_server.test_relay_e2e import STARTUP_MS, create_session, get_session, publish_url, wait_state
+from tests.edge_server.test_relay_e2e import STARTUP_MS, create_session, get_session, publish_url, streaming, wait_live, wait_state
 from tests.helpers import API_KEY, have_shared_eval, publish, start_receiver
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +92,7 @@ async def test_switching_the_face_live_never_shows_the_real_one(node: Node, tmp_
     url = f"http://127.0.0.1:{node.http_port}/v1/sessions/{session['id']}"
     publisher = publish(clip, publish_url(session), extra=["-t", "8"])
     await wait_state(node, session["id"], "live")
-    await wait_streaming(node, session["id"])
+    await wait_live(node, session["id"], streaming, "the stream to start")
     async with aiohttp.ClientSession() as http:
         resp = await http.patch(url, json={"max_duration_s": 600}, headers=AUTH)
         assert resp.status == 409 and (await resp.json())["error"]["field"] == "max_duration_s"  # not while live
@@ -115,7 +115,7 @@ async def test_switching_the_face_live_never_shows_the_real_one(node: Node, tmp_
             body = await resp.json()
             assert resp.status == 200, body
             assert body["state"] == "live" and body["mode"] == change["mode"]
-        switched = await wait_until_switches(node, session["id"], 2)
+        switched = (await wait_live(node, session["id"], lambda live: live.get("face_switches", 0) >= 2, "the stream to take up both switches", 10.0))["face_switches"]
     assert await asyncio.to_thread(publisher.wait, 60) == 0
     assert await asyncio.to_thread(receiver.wait, 20) == 0
     stored = await get_session(node, session["id"])
@@ -147,26 +147,3 @@ async def test_switching_the_face_live_never_shows_the_real_one(node: Node, tmp_
     print(f"live switch: {len(detail)} frames checked, worst cosine {worst:.3f}, runs (blurred, frames) {runs}, switches {switched}")
     assert [k for k, n in runs if n >= 10] == [False, True, False], runs
 
-
-async def wait_streaming(node: Node, session_id: str, timeout: float = 15.0) -> None:
-    """Live in the store is not yet streaming: the session's first pipeline may still be
-    being built (a face switch then answers 409 ``starting``)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        live = (await get_session(node, session_id)).get("live") or {}
-        if live and not live.get("starting") and live.get("frames_out", 0) > 0:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the stream did not start: {live}")
-        await asyncio.sleep(0.1)
-
-
-async def wait_until_switches(node: Node, session_id: str, count: int, timeout: float = 10.0) -> int:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        live = (await get_session(node, session_id)).get("live") or {}
-        if live.get("face_switches", 0) >= count:
-            return live["face_switches"]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the stream took up {live.get('face_switches')} of {count} face switches")
-        await asyncio.sleep(0.1)

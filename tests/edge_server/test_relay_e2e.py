@@ -49,6 +49,23 @@ async def wait_state(node: Node, session_id: str, state: str, timeout: float = 1
         await asyncio.sleep(0.1)
 
 
+async def wait_live(node: Node, session_id: str, ok, what: str, timeout: float = 15.0) -> dict:  # noqa: ANN001
+    """The session's live figures once ``ok(figures)`` holds. Stored state live is not yet
+    streaming: the first pipeline may still be being built (``starting``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        live = (await get_session(node, session_id)).get("live") or {}
+        if ok(live):
+            return live
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {live}")
+        await asyncio.sleep(0.1)
+
+
+def streaming(live: dict) -> bool:
+    return bool(live) and not live.get("starting") and live.get("frames_out", 0) > 0
+
+
 STARTUP_MS = 1000  # ffmpeg's publisher sends its first ~0.5 s in a burst; the slot drops those stale frames by design
 
 
@@ -165,9 +182,8 @@ async def test_targets_change_while_live(node: Node, clip_small: Path, tmp_path:
     url = f"http://127.0.0.1:{node.http_port}/v1/sessions/{session['id']}"
     publisher = publish(clip_small, publish_url(session))
     await wait_state(node, session["id"], "live")
+    await wait_live(node, session["id"], streaming, "the stream to start")
     async with aiohttp.ClientSession() as http:
-        while not ((await get_session(node, session["id"]))["live"] or {}).get("frames_out"):
-            await asyncio.sleep(0.1)  # streaming, not just marked live
         await asyncio.sleep(1.0)
         resp = await http.patch(url, json={"targets": [first.url, second.url]}, headers=AUTH)
         body = await resp.json()
