@@ -11,7 +11,6 @@ const $ = (id) => document.getElementById(id);
 const state = {
   apiKey: null,
   personas: [],
-  styles: [],
   preview: null, // {id, url}: the shown persona texture (a blob: URL of our own fetch)
   targets: [], // [{name, url}]: RTMP targets; the URLs hold stream keys (memory only, never shown)
   session: null, // the session JSON (without tokens)
@@ -112,16 +111,16 @@ async function connect(key) {
 
 function takePersonas(body) {
   state.personas = body.personas || [];
-  if (body.styles && body.styles.length) {
-    state.styles = body.styles;
+  const styles = body.styles || [];
+  if (styles.length) {
     const select = $("persona-style");
     const previous = select.value;
-    select.replaceChildren(...state.styles.map((name) => {
+    select.replaceChildren(...styles.map((name) => {
       const option = document.createElement("option");
       option.value = option.textContent = name;
       return option;
     }));
-    if (state.styles.includes(previous)) select.value = previous;
+    if (styles.includes(previous)) select.value = previous;
   }
   fillFaces();
 }
