@@ -36,6 +36,7 @@ COVER_REASONS = (
     "persona_pending",  # a new face whose persona is still being painted
     "error",  # rule 3: a stage raised
     "deadline",  # rule 3: the frame was not masked in time
+    "found_late",  # a face first found on a later frame, covered in the frames held back (pipeline/lookahead.py)
 )
 
 PERSON_THRESHOLD = 0.5

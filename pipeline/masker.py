@@ -130,7 +130,10 @@ class FaceMasker:
             for slot in (1, 2):
                 self._ephemeral(slot)  # and the next ones are painted in the background
         self._warm_up()
-        self._runner: DeadlineRunner[av.VideoFrame] | None = None
+        self.new_face_boxes: tuple[np.ndarray, ...] | None = None  # see process()
+        self._last_rects: list[tuple[int, int, int, int]] = []  # what the last masked frame changed
+        self._last_faces: list[np.ndarray] = []  # the faces it masked (tracked and held)
+        self._runner: DeadlineRunner[tuple[av.VideoFrame, tuple[np.ndarray, ...]]] | None = None
         if config.deadline_ms and config.deadline_ms > 0:
             self._runner = DeadlineRunner(self._mask, config.deadline_ms / 1000.0, name="face-masker")
 
@@ -148,10 +151,17 @@ class FaceMasker:
     # -- FrameProcessor ---------------------------------------------------------------
 
     def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """The masked frame. Afterwards ``new_face_boxes`` holds the places (frame px, grown
+        as a held face's cover) of the faces this frame masks that the frame before did not
+        know: a face found late was raw there (``pipeline/lookahead.py`` covers it in the
+        frames still held back). None when the frame fell back (nothing of it is raw)."""
+        self.new_face_boxes = None
         try:
             if self._runner is not None:
-                return self._runner.run(frame)
-            return self._mask(frame)
+                out, self.new_face_boxes = self._runner.run(frame)
+            else:
+                out, self.new_face_boxes = self._mask(frame)
+            return out
         except DeadlineExceeded as exc:
             log.warning("masking missed its deadline (%s); covering the frame", exc)
             return self._fallback(frame, "deadline")
@@ -179,6 +189,8 @@ class FaceMasker:
         self._faceless_heads = list(previous._faceless_heads)
         self._last_mask = previous._last_mask
         self._last_output = previous._last_output
+        self._last_rects = list(previous._last_rects)
+        self._last_faces = list(previous._last_faces)
         self._turned = set(previous._turned)
         self._holder = previous._holder
         self.frames = previous.frames  # the scan's and the person mask's frame numbers go on
@@ -329,7 +341,7 @@ class FaceMasker:
             return self.frames / 30.0
         return float(frame.pts * frame.time_base)
 
-    def _mask(self, frame: av.VideoFrame) -> av.VideoFrame:
+    def _mask(self, frame: av.VideoFrame) -> tuple[av.VideoFrame, tuple[np.ndarray, ...]]:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         cfg = self.config
@@ -403,6 +415,7 @@ class FaceMasker:
         job = self._detect_pool.submit(detect) if detected and self._detect_pool is not None else None
         timings["landmarks"] = follow(list(tracker.tracks))
         detections = []
+        new_faces: list[np.ndarray] = []  # faces first masked on this frame
         if detected:
             detections, took = job.result() if job is not None else detect()
             timings["detect"] += took
@@ -411,7 +424,16 @@ class FaceMasker:
             tracker.refresh_holds(detections, now)
             known = {tr.id for tr in tracker.tracks}
             tracker.apply_detections(detections, now)
-            timings["landmarks"] += follow([tr for tr in tracker.tracks if tr.id not in known])
+            started = [tr for tr in tracker.tracks if tr.id not in known]
+            # A new track is a new face unless it is one the frame before masked (a track or
+            # a held face, the same face by the tracker's own rule), lost and found again.
+            # Not by covered area: a face stepping out from behind a masked head overlaps
+            # that head's cover and was still raw on the frame before.
+            new_faces = [
+                grow_box(tr.box, HELD_MARGIN, (h, w)) for tr in started
+                if all(iou(tr.box, b) < tracker.match_iou for b in self._last_faces)
+            ]
+            timings["landmarks"] += follow(started)
 
         t = time.perf_counter()
         tracker.dedupe()
@@ -447,6 +469,8 @@ class FaceMasker:
             faces = [tr.box for tr in tracker.tracks] + [hf.box for hf in tracker.held] + [d.box for d in detections]
             uncovered_heads = heads_without_faces(mask, faces)
             self._faceless_heads = uncovered_heads
+            last_rects = [np.asarray(r, np.float32) for r in self._last_rects]
+            new_faces += [hd for hd in uncovered_heads if not any(inside_share(hd, r) >= 0.5 for r in last_rects)]
             timings["segment"] = time.perf_counter() - t
 
         rects: list[tuple[int, int, int, int]] = []
@@ -521,7 +545,9 @@ class FaceMasker:
             self.on_timings(self.last_timings)
         if out_planes is not None:
             self._last_output = (out, time.monotonic())
-        return out
+        self._last_rects = rects if self._detected_once else [(0, 0, w, h)]
+        self._last_faces = [tr.box.copy() for tr in tracker.tracks] + [hf.box.copy() for hf in tracker.held]
+        return out, tuple(new_faces)
 
     # -- fail closed ------------------------------------------------------------------
 
