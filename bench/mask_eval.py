@@ -54,6 +54,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import eval_lib as L  # noqa: E402
+from pipeline.lookahead import Lookahead  # noqa: E402
 
 DEFAULT_OUT = "bench/out/mask_eval.json"
 DEFAULT_SHEET = "bench/out/mask_contact_sheet.png"  # before | after: real faces, stays out of git
@@ -648,6 +649,7 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
 def evaluate_clip(
     path: Path, make_processor: Callable[[], Any], tools: Tools, max_frames: int | None, *,
     bench_720p: bool = True, expression: bool = True, pace: bool = True, judge_size: tuple[int, int] | None = None,
+    lookahead: int = 0,
 ) -> ClipResult:
     """Quality metrics at the clip's own size (or fitted into ``judge_size``), and timing,
     then a timing-only pass at 1280x720.
@@ -662,6 +664,35 @@ def evaluate_clip(
     prev: tuple[np.ndarray, np.ndarray] | None = None
     sample_target = (max_frames or 90) // 2
     best_dist = None
+    # as the runtime and file mode do: each output is held back ``lookahead`` frames and
+    # covered where a later frame found a face anew (pipeline/lookahead.py)
+    held: Lookahead[tuple[int, np.ndarray]] = Lookahead(lookahead)
+
+    def judge(i: int, in_rgb: np.ndarray, out: av.VideoFrame) -> None:
+        nonlocal prev, best_dist
+        out_rgb = out.to_ndarray(format="rgb24")
+        if out_rgb.shape != in_rgb.shape:
+            prev = None
+            return
+        faces = tools.detector.detect(in_rgb)
+        if faces:
+            judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers)
+            result.faces.extend(judged)
+            result.frames_with_face += 1
+            if any(f.unmasked for f in judged):
+                result.frames_with_unmasked_face += 1
+            if prev is not None:
+                result.flicker.extend(flicker_ratios(prev[0], in_rgb, prev[1], out_rgb, faces))
+            dist = abs(i - sample_target)
+            if best_dist is None or dist < best_dist:
+                best_dist = dist
+                ident = [f.cosine for f in judged if f.identifiable]
+                note = (f"frame {i}, {len(faces)} face(s), {sum(f.unmasked for f in judged)} unmasked, "
+                        f"max cos {max(ident):.2f}" if ident else f"frame {i}, {len(faces)} face(s), "
+                        f"{sum(f.unmasked for f in judged)} unmasked")
+                result.sample = (in_rgb, out_rgb, note)
+        prev = (in_rgb, out_rgb)
+
     try:
         for i, frame in enumerate(iter_frames(path, max_frames, judge_size)):
             if result is None:
@@ -671,33 +702,19 @@ def evaluate_clip(
             out = run_processor(proc, frame, result.timing, result.counters, i).out
             result.frames += 1
             if out is None:
+                for late_out, (j, late_rgb) in held.flush():
+                    judge(j, late_rgb, late_out)
                 prev = None
                 continue
-            out_rgb = out.to_ndarray(format="rgb24")
-            if out_rgb.shape != in_rgb.shape:
-                prev = None
-                continue
-            faces = tools.detector.detect(in_rgb)
-            if faces:
-                judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers)
-                result.faces.extend(judged)
-                result.frames_with_face += 1
-                if any(f.unmasked for f in judged):
-                    result.frames_with_unmasked_face += 1
-                if prev is not None:
-                    result.flicker.extend(flicker_ratios(prev[0], in_rgb, prev[1], out_rgb, faces))
-                dist = abs(i - sample_target)
-                if best_dist is None or dist < best_dist:
-                    best_dist = dist
-                    ident = [f.cosine for f in judged if f.identifiable]
-                    note = (f"frame {i}, {len(faces)} face(s), {sum(f.unmasked for f in judged)} unmasked, "
-                            f"max cos {max(ident):.2f}" if ident else f"frame {i}, {len(faces)} face(s), "
-                            f"{sum(f.unmasked for f in judged)} unmasked")
-                    result.sample = (in_rgb, out_rgb, note)
-            prev = (in_rgb, out_rgb)
+            for late_out, (j, late_rgb) in held.push_processed(proc, out, (i, in_rgb)):
+                judge(j, late_rgb, late_out)
+        for late_out, (j, late_rgb) in held.flush():
+            judge(j, late_rgb, late_out)
     finally:
         if result is not None:
             result.events = dict(_events(proc))
+            if held.covered:  # the lookahead's covers, counted as the runtime counts them
+                result.events["found_late"] = held.covered
         proc.close()
     if result is None:
         raise ValueError(f"{path}: no video frames")
@@ -1082,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             r = evaluate_clip(path, make, tools, max_frames, bench_720p=not args.no_720p, expression=not args.no_expression,
-                              pace=not args.no_pace, judge_size=judge_size)
+                              pace=not args.no_pace, judge_size=judge_size, lookahead=config.lookahead_frames)
         except (av.error.FFmpegError, ValueError) as exc:
             log(f"  {path.name}: skipped, cannot decode ({exc})")
             continue

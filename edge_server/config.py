@@ -99,6 +99,9 @@ class PipelineConfig:
     # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it
     hold_s: float = 1.0  # a lost face stays covered at its last place this long
     deadline_ms: float = 150.0  # a frame not masked in time is replaced by a covered one
+    # masked frames held back this many frames (0..3) so that a face the detector finds a frame late
+    # is covered in them too (pipeline/lookahead.py); each frame held adds one frame interval of latency
+    lookahead_frames: int = 1
     segmentation: bool = True  # person mask: covers heads whose face was not found
     # where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu and a CUDA GPU; never run on
     # this project's machines). Checked at start: a provider this onnxruntime lacks is refused
@@ -149,11 +152,14 @@ class ServerConfig:
 
 def check_runtime(config: ServerConfig) -> None:
     """What the YAML alone cannot tell: that this machine can run the pipeline asked for
-    (the execution provider is there). Raises ConfigError."""
+    (the execution provider is there), and values the pipeline refuses. Raises ConfigError."""
     if config.pipeline.processor != "mask":
         return
+    from pipeline.lookahead import MAX_DEPTH
     from pipeline.onnx_models import providers_for
 
+    if not 0 <= config.pipeline.lookahead_frames <= MAX_DEPTH:
+        raise ConfigError(f"pipeline.lookahead_frames must be 0..{MAX_DEPTH}, got {config.pipeline.lookahead_frames!r}")
     try:
         providers_for(config.pipeline.execution_provider)
     except ValueError as exc:

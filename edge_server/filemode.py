@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from edge_server.config import ConfigError, ServerConfig, check_runtime, load_config
+from pipeline.lookahead import Lookahead
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,10 @@ def mask_video(
     crf: int = DEFAULT_CRF,
     preset: str = DEFAULT_PRESET,
     progress_stream: TextIO | None = None,
+    lookahead_frames: int = 1,
 ) -> MaskSummary:
+    """Mask every frame of ``src`` into ``dst``; each masked frame is held back
+    ``lookahead_frames`` frames, as live (``pipeline/lookahead.py``)."""
     fmt = VIDEO_FORMATS[dst.suffix.lower()]
     try:
         inp = av.open(str(src))
@@ -220,7 +224,8 @@ def mask_video(
         tb = vin.time_base or Fraction(1, 90000)
         out = av.open(str(dst), "w", format=fmt)
         try:
-            _transcode(inp, vin, ain, out, fmt, processor, summary, rate, tb, total, max_frames, crf, preset, progress_stream)
+            lookahead: Lookahead[None] = Lookahead(lookahead_frames)
+            _transcode(inp, vin, ain, out, fmt, processor, lookahead, summary, rate, tb, total, max_frames, crf, preset, progress_stream)
         except BaseException:
             out.close()
             dst.unlink(missing_ok=True)  # no half-written output left behind
@@ -232,7 +237,7 @@ def mask_video(
 
 
 def _transcode(
-    inp: Any, vin: Any, ain: Any, out: Any, fmt: str, processor: Any, summary: MaskSummary,
+    inp: Any, vin: Any, ain: Any, out: Any, fmt: str, processor: Any, lookahead: Lookahead[None], summary: MaskSummary,
     rate: Fraction, tb: Fraction, total: int | None, max_frames: int | None, crf: int, preset: str,
     progress_stream: TextIO | None,
 ) -> None:
@@ -284,13 +289,24 @@ def _transcode(
         last_pts = pts
         frame.pts, frame.time_base = pts, tb
         masked = processor.process(frame)
-        if masked.width != width or masked.height != height or masked.format.name != "yuv420p":
-            masked = masked.reformat(width=width, height=height, format="yuv420p")
         masked.pts, masked.time_base = pts, tb
-        masked.pict_type = av.video.frame.PictureType.NONE
-        encode(masked)
+        for held, _ in lookahead.push_processed(processor, masked, None):  # as a live stream does
+            put_masked(held)
         summary.frames += 1
         progress.update(summary.frames)
+
+    def put_masked(masked: av.VideoFrame) -> None:
+        if masked.width != width or masked.height != height or masked.format.name != "yuv420p":
+            pts = masked.pts
+            masked = masked.reformat(width=width, height=height, format="yuv420p")
+            masked.pts, masked.time_base = pts, tb
+        masked.pict_type = av.video.frame.PictureType.NONE
+        encode(masked)
+
+    def finish_video() -> None:
+        for held, _ in lookahead.flush():
+            put_masked(held)
+        encode(None)
 
     def put_audio_frames(frames: list[Any]) -> None:
         for af in frames:
@@ -321,7 +337,7 @@ def _transcode(
                     packet.stream = aout
                     out.mux(packet)
         # demux() ends each stream with an empty packet: decoding it flushed the decoders
-        encode(None)
+        finish_video()
         if a_dec_enc:
             for packet in aout.encode(None):
                 out.mux(packet)
@@ -329,7 +345,7 @@ def _transcode(
         if summary.frames == 0:
             raise FileModeError(f"cannot decode {inp.name}: {exc}") from None
         log.warning("input damaged after %d frames (%s); output ends there", summary.frames, exc)
-        encode(None)
+        finish_video()
     finally:
         summary.seconds = time.monotonic() - started
         progress.finish(summary.frames)
@@ -387,7 +403,10 @@ def mask_file(
         if in_image:
             summary = mask_image(image, dst, processor)
         else:
-            summary = mask_video(src, dst, processor, max_frames=max_frames, crf=crf, preset=preset, progress_stream=progress_stream)
+            summary = mask_video(
+                src, dst, processor, max_frames=max_frames, crf=crf, preset=preset, progress_stream=progress_stream,
+                lookahead_frames=config.pipeline.lookahead_frames,
+            )
     finally:
         events = getattr(processor, "events", None)
         processor.close()

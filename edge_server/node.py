@@ -65,6 +65,7 @@ class Node:
             egress=EgressSettings(e.reconnect_initial_s, e.reconnect_max_s, e.queue_seconds, e.io_timeout_s),
             aac_bitrate_kbps=config.webrtc.audio_bitrate_kbps,
             opus_bitrate_kbps=config.webrtc.opus_bitrate_kbps,
+            lookahead_frames=config.pipeline.lookahead_frames,
         )
         self.live = LiveManager(
             self.service, self.metrics, settings, self._make_processor, config.rtmp.app

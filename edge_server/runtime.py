@@ -45,6 +45,7 @@ from edge_server.media.slot import LatestSlot, SlotClosed
 from edge_server.metrics import MediaMetrics
 from edge_server.webrtc.audio import AacEncoder, AacToOpus, OpusEncoder
 from edge_server.webrtc.hub import ViewerHub
+from pipeline.lookahead import Lookahead
 from pipeline.stage import FrameProcessor
 from signaling.models import Target
 
@@ -65,6 +66,7 @@ class RuntimeSettings:
     egress: EgressSettings = field(default_factory=EgressSettings)
     aac_bitrate_kbps: int = 128  # AAC made from WebRTC audio for the RTMP targets
     opus_bitrate_kbps: int = 96  # Opus made for WHEP viewers
+    lookahead_frames: int = 1  # masked frames held back to cover a face found late (pipeline/lookahead.py)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class SessionRuntime:
         self._egress_lock = threading.Lock()  # the egress set: made on the pipeline thread, changed from the API
         self._egress_kit: tuple[StreamLayout, EgressHooks] | None = None  # what a target added live is made with
         self.face_switches = 0
+        self._lookahead: Lookahead[float] = Lookahead(settings.lookahead_frames, on_cover=self._count_found_late)
 
     def start(self) -> None:
         self._decode_thread.start()
@@ -359,6 +362,8 @@ class SessionRuntime:
             try:
                 taken = self._slot.take(timeout=1.0)
             except SlotClosed:
+                for output, ingest_time in self._lookahead.flush():  # the stream's last frames
+                    self._encode(output, ingest_time)
                 return
             if taken is None:
                 continue
@@ -372,17 +377,24 @@ class SessionRuntime:
                 log.exception("session %s: frame processor failed; frame withheld", self.session_id)
                 self._drop("process_error")
                 continue
+            # the frames held back are covered where this one found a face anew, then leave
+            released = self._lookahead.push_processed(self.processor, output, ingest_time)
             self._observe("process", time.perf_counter() - started)
-            started = time.perf_counter()
-            encoder = self.encoder or self._open_encoder(output)
-            if self._take_keyframe_request():
-                encoder.request_keyframe()
-            packets = encoder.encode(output, ingest_time)
-            self._observe("encode", time.perf_counter() - started)
-            if self._egress_kit is None and packets:
-                self._start_egress(encoder)
-            for packet in packets:
-                self._fan_out(packet)
+            for output, ingest_time in released:
+                self._encode(output, ingest_time)
+
+    def _encode(self, output: av.VideoFrame, ingest_time: float) -> None:
+        """Encode one processed frame and hand its packets to the targets and viewers."""
+        started = time.perf_counter()
+        encoder = self.encoder or self._open_encoder(output)
+        if self._take_keyframe_request():
+            encoder.request_keyframe()
+        packets = encoder.encode(output, ingest_time)
+        self._observe("encode", time.perf_counter() - started)
+        if self._egress_kit is None and packets:
+            self._start_egress(encoder)
+        for packet in packets:
+            self._fan_out(packet)
 
     def _open_encoder(self, frame: av.VideoFrame) -> H264Encoder:
         s = self.settings
@@ -511,6 +523,10 @@ class SessionRuntime:
     def _count_bytes(self, size: int) -> None:
         self.metrics.bytes_in.labels(self.session_id).inc(size)
         self.metrics.bytes_in_all.inc(size)
+
+    def _count_found_late(self) -> None:
+        self.metrics.covered.labels(self.session_id, "found_late").inc()
+        self.metrics.covered_all.labels("found_late").inc()
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count

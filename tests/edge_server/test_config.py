@@ -54,3 +54,14 @@ def test_an_execution_provider_this_machine_lacks_is_refused_at_start(tmp_path) 
             check_runtime(config)
     identity = load_config(environ={"HIKARIEDGE__PIPELINE__EXECUTION_PROVIDER": "cuda", "HIKARIEDGE__PIPELINE__PROCESSOR": "identity"})
     check_runtime(identity)  # no models run: nothing to refuse
+
+
+@pytest.mark.parametrize("frames", [-1, 4])
+def test_a_lookahead_out_of_range_is_refused_at_start(frames):
+    from edge_server.config import check_runtime
+
+    config = load_config(environ={"HIKARIEDGE__PIPELINE__LOOKAHEAD_FRAMES": str(frames)})
+    assert config.pipeline.lookahead_frames == frames
+    with pytest.raises(ConfigError, match="lookahead_frames"):
+        check_runtime(config)
+    check_runtime(load_config(environ={"HIKARIEDGE__PIPELINE__LOOKAHEAD_FRAMES": "0"}))  # off: fine

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from edge_server.metrics import MediaMetrics
@@ -156,3 +157,51 @@ def test_a_face_switch_takes_effect_between_two_frames(clip_small: Path) -> None
     assert runtime.frames_out == len(processed) and runtime.face_switches == 1
     assert old.closed.wait(2.0) and new.closed.is_set()
     assert not runtime.replace_processor(_Stamping("late", processed)), "no switch once stopping"
+
+
+class _FindsAFaceLate(IdentityProcessor):
+    """STAND-IN for the masker (no faces in testsrc2): passes frames through as new frames
+    and says, of processed frame ``late``, that it found a face in ``box`` (a masker's
+    ``new_face_boxes``): one it did not know on the frame before."""
+
+    def __init__(self, late: int, box: tuple[int, int, int, int]) -> None:
+        self.late, self.box, self.calls = late, box, 0
+        self.new_face_boxes: tuple | None = None
+        self.cover_style = "pixelate"
+
+    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.new_face_boxes = (self.box,) if self.calls == self.late else ()
+        self.calls += 1
+        out = av.VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
+
+@pytest.mark.e2e
+def test_a_face_found_late_is_covered_in_the_frame_held_back(clip_small: Path, tmp_path: Path) -> None:
+    """The runtime holds each processed frame back one frame (pipeline.lookahead_frames 1):
+    the place of a face the processor found on frame 40 is covered in frame 39 as it goes
+    to the target, nothing else changes, and the last frame leaves at the stream's end."""
+    box = (200, 100, 360, 260)
+    tags = flv_tags(clip_small)[:150]
+    processor = _FindsAFaceLate(20, box)
+    receiver = start_receiver(tmp_path / "out.flv")
+    metrics = MediaMetrics()
+    runtime = SessionRuntime("ses_l", [Target(receiver.url, "rx")], processor, RuntimeSettings(), metrics)
+    runtime.start()
+    feed(runtime, tags)
+    runtime.stop()
+    assert receiver.wait(20) == 0
+    assert runtime.frames_out == processor.calls, "the frame held back at the end is sent too"
+    with av.open(str(clip_small)) as c:
+        sent = [f.to_ndarray(format="gray") for f, _ in zip(c.decode(video=0), range(processor.calls))]
+    with av.open(str(receiver.path)) as c:
+        got = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
+    assert len(got) == len(sent) == processor.calls
+    x0, y0, x1, y1 = box
+    diff = [float(np.abs(a[y0:y1, x0:x1].astype(np.int16) - b[y0:y1, x0:x1]).mean()) for a, b in zip(sent, got)]
+    outside = [float(np.abs(a[:, :x0].astype(np.int16) - b[:, :x0]).mean()) for a, b in zip(sent, got)]
+    assert processor.calls > 30
+    assert int(np.argmax(diff)) == 19 and diff[19] > 4 * float(np.median(diff)), f"frame 19's box: {diff[19]:.1f}, median {np.median(diff):.1f}"
+    assert outside[19] < 2 * float(np.median(outside)) + 1, "only the face's place is covered"
+    assert metrics.registry.get_sample_value("hikariedge_covered_total", {"session": "ses_l", "reason": "found_late"}) == 1
