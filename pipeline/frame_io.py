@@ -35,6 +35,16 @@ def plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return views[0], views[1], views[2]
 
 
+def even_box(box: np.ndarray | tuple[float, ...], height: int, width: int) -> tuple[int, int, int, int] | None:
+    """``box`` (x0, y0, x1, y1 frame px) grown to even edges and clipped to the frame, so it
+    maps onto whole chroma pixels; None when less than 2 px is left."""
+    x0, y0 = int(max(0, np.floor(box[0]))) & ~1, int(max(0, np.floor(box[1]))) & ~1
+    x1, y1 = min(width, int(np.ceil(box[2]) + 1) & ~1), min(height, int(np.ceil(box[3]) + 1) & ~1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
 def copy_frame(frame: av.VideoFrame) -> tuple[av.VideoFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """A new yuv420p frame with the same pixels, and writable views of its planes."""
     out = av.VideoFrame(frame.width, frame.height, "yuv420p")

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
 import av
-import numpy as np
 
 from pipeline.cover import FACE_BLOCKS, blur, pixelate
-from pipeline.frame_io import plane_views
+from pipeline.frame_io import even_box, plane_views
 
 T = TypeVar("T")
 Box = Sequence[float]  # x0, y0, x1, y1 in frame px
@@ -34,12 +33,12 @@ MAX_DEPTH = 3
 def cover_box(frame: av.VideoFrame, box: Box, style: str) -> None:
     """Cover ``box`` of ``frame`` in place, in the style the privacy guard uses."""
     h, w = frame.height, frame.width
-    x0, y0 = max(0, int(np.floor(box[0]))) & ~1, max(0, int(np.floor(box[1]))) & ~1
-    x1, y1 = min(w, int(np.ceil(box[2])) + 1) & ~1, min(h, int(np.ceil(box[3])) + 1) & ~1
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return
     if frame.format.name != "yuv420p" or h % 2 or w % 2:
         raise ValueError(f"a held frame must be even-sized yuv420p, not {frame.format.name} {w}x{h}")
+    r = even_box(box, h, w)
+    if r is None:
+        return
+    x0, y0, x1, y1 = r
     y, u, v = plane_views(frame)
     regions = (y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
     for plane in regions:

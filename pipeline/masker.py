@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.backends import Backend, backend_for
 from pipeline.cover import cover, cover_i420
-from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, plane_views, write_rgb_planes
+from pipeline.frame_io import FullRgb, LazyRgb, copy_frame, even_box, plane_views, write_rgb_planes
 from pipeline.geometry import NeutralShape, yaw_degrees
 from pipeline.guard import DeadlineExceeded, DeadlineRunner, heads_without_faces, picture_changed
 from pipeline.persona import Persona, face_mesh_topology
@@ -476,13 +476,11 @@ class FaceMasker:
         rects: list[tuple[int, int, int, int]] = []
 
         def region(box: np.ndarray) -> tuple[int, int, int, int] | None:
-            x0, y0 = int(max(0, np.floor(box[0]))) & ~1, int(max(0, np.floor(box[1]))) & ~1
-            x1, y1 = min(w, int(np.ceil(box[2]) + 1) & ~1), min(h, int(np.ceil(box[3]) + 1) & ~1)
-            if x1 - x0 < 2 or y1 - y0 < 2:
-                return None
-            img.ensure(x0, y0, x1, y1)
-            rects.append((x0, y0, x1, y1))
-            return x0, y0, x1, y1
+            r = even_box(box, h, w)
+            if r is not None:
+                img.ensure(*r)
+                rects.append(r)
+            return r
 
         def cover_box(box: np.ndarray, reason: str | None) -> None:
             r = region(box)
