@@ -30,10 +30,15 @@ Box = Sequence[float]  # x0, y0, x1, y1 in frame px
 MAX_DEPTH = 3
 
 
+def coverable(frame: av.VideoFrame) -> bool:
+    """``cover_box`` works on the planes of an even-sized yuv420p frame (what the masker makes)."""
+    return frame.format.name == "yuv420p" and frame.height % 2 == 0 and frame.width % 2 == 0
+
+
 def cover_box(frame: av.VideoFrame, box: Box, style: str) -> None:
     """Cover ``box`` of ``frame`` in place, in the style the privacy guard uses."""
     h, w = frame.height, frame.width
-    if frame.format.name != "yuv420p" or h % 2 or w % 2:
+    if not coverable(frame):
         raise ValueError(f"a held frame must be even-sized yuv420p, not {frame.format.name} {w}x{h}")
     r = even_box(box, h, w)
     if r is None:
@@ -84,8 +89,7 @@ class Lookahead(Generic[T]):
                     self.covered += 1
                     if self.on_cover is not None:
                         self.on_cover()
-        coverable = new_faces is not None and frame.format.name == "yuv420p" and frame.height % 2 == 0 and frame.width % 2 == 0
-        self._held.append(_Held(frame, tag, coverable))
+        self._held.append(_Held(frame, tag, new_faces is not None and coverable(frame)))
         out = []
         while len(self._held) > self.depth:
             held = self._held.popleft()
@@ -111,4 +115,4 @@ class Lookahead(Generic[T]):
         return len(self._held)
 
 
-__all__ = ["Lookahead", "cover_box", "MAX_DEPTH"]
+__all__ = ["Lookahead", "cover_box", "coverable", "MAX_DEPTH"]
