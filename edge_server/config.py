@@ -103,8 +103,9 @@ class PipelineConfig:
     # is covered in them too (pipeline/lookahead.py); each frame held adds one frame interval of latency
     lookahead_frames: int = 1
     segmentation: bool = True  # person mask: covers heads whose face was not found
-    # where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu and a CUDA GPU; never run on
-    # this project's machines). Checked at start: a provider this onnxruntime lacks is refused
+    # where onnxruntime runs the models: cpu, cuda (onnxruntime-gpu and a CUDA GPU) or tensorrt (and
+    # TensorRT: engines built from the same ONNX files, trt_engines/build_engines.py); neither GPU path
+    # has run on this project's machines. Checked at start: a provider this onnxruntime lacks is refused
     execution_provider: str = "cpu"
     segment_every: int = 3  # a person mask is reused for up to N - 1 frames, and only while the picture
     # outside the tracked faces has not changed since its frame (a new person re-runs the segmenter at once)

@@ -59,6 +59,8 @@ __all__ = [
     "model_path",
     "verify_model",
     "load_session",
+    "providers_for",
+    "tensorrt_provider_options",
     "run_face_landmarks",
     "run_selfie_segmentation",
 ]
@@ -142,11 +144,27 @@ def verify_model(name: str, models_dir: Path | str | None = None) -> Path:
     return path
 
 
-# pipeline.execution_provider -> the onnxruntime providers, in order of preference
+# pipeline.execution_provider -> the onnxruntime providers, in order of preference; neither
+# GPU entry has ever run on this project's machines (none has had a GPU)
 EXECUTION_PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],  # onnxruntime-gpu; not run on this project's machines
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],  # onnxruntime-gpu
+    # onnxruntime-gpu and TensorRT: TensorRT engines built from the same ONNX files, nodes
+    # TensorRT lacks on CUDA (tensorrt_provider_options: the engine cache, the detector's shapes)
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+_PROVIDER_NEEDS = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu on a machine with a CUDA GPU",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu and TensorRT (the `tensorrt` wheel) on a machine with a CUDA GPU",
+}
+
+# TensorRT engines are built on a session's first start (minutes) and kept here for the next
+TRT_CACHE_DIR = Path(__file__).resolve().parents[1] / "trt_engines" / "cache"
+# The optimisation profile for a model input with symbolic sides (the dynamic YuNet: every
+# partial scan is a crop of its own size, a multiple of 32): one engine for any size from the
+# smallest crop to the detector's input for a 4K frame (3840x2160 at min_scale 0.5: 1920x1088),
+# tuned for 1280x720's 640x352. A larger input fails that frame, and the masker covers it.
+TRT_PROFILE_HW = {"min": (32, 32), "opt": (352, 640), "max": (1088, 1920)}
 
 
 def providers_for(execution_provider: str) -> list[str]:
@@ -162,9 +180,50 @@ def providers_for(execution_provider: str) -> list[str]:
     if wanted[0] not in have:
         raise ValueError(
             f"pipeline.execution_provider {execution_provider!r} needs onnxruntime's {wanted[0]}, which this "
-            f"installation lacks (it has {', '.join(have)}): install onnxruntime-gpu on a machine with a CUDA GPU, or use cpu"
+            f"installation lacks (it has {', '.join(have)}): {_PROVIDER_NEEDS[wanted[0]]}, or use cpu"
         )
     return list(wanted)
+
+
+def tensorrt_provider_options(
+    name: str, models_dir: Path | str | None = None, cache_dir: Path | str | None = None
+) -> dict[str, str]:
+    """onnxruntime's TensorRT options for model ``name``: engines (and TensorRT's timing
+    cache) kept in ``cache_dir`` (default ``HIKARIEDGE_TRT_CACHE`` or ``trt_engines/cache``),
+    FP32 as the port was proven in (``tests/pipeline/test_model_port.py``), and an explicit
+    profile for each input whose sides are symbolic in MANIFEST.json, so the detector's
+    changing crop sizes reuse one engine instead of rebuilding it. Pure: nothing is loaded."""
+    cache = Path(cache_dir or os.environ.get("HIKARIEDGE_TRT_CACHE") or TRT_CACHE_DIR)
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": "False",
+    }
+    entry = load_manifest(models_dir).get("files", {}).get(_file_name(name), {})
+    profiles: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for spec in entry.get("io", {}).get("inputs", []):
+        shape = spec["shape"]
+        if all(isinstance(d, int) for d in shape):
+            continue
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[:2]):
+            raise ValueError(f"{name}: no TensorRT profile for input {spec['name']} of shape {shape} (only NCHW with symbolic H, W)")
+        for which, (ph, pw) in TRT_PROFILE_HW.items():
+            profiles[which].append(f"{spec['name']}:{shape[0]}x{shape[1]}x{ph}x{pw}")
+    for which, shapes in profiles.items():
+        if shapes:
+            options[f"trt_profile_{which}_shapes"] = ",".join(shapes)
+    return options
+
+
+def session_providers(providers: list[str], name: str, models_dir: Path | str | None = None) -> list[Any]:
+    """``providers`` as ``onnxruntime.InferenceSession`` takes them, with the TensorRT
+    provider's options for this model attached (the others need none)."""
+    return [
+        (p, tensorrt_provider_options(name, models_dir)) if p == "TensorrtExecutionProvider" else p
+        for p in providers
+    ]
 
 
 def load_session(
@@ -195,9 +254,11 @@ def load_session(
     spin = "1" if allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    wanted = providers or ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+    wanted = session_providers(providers or ["CPUExecutionProvider"], name, models_dir)
     first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+    if first == "TensorrtExecutionProvider":
+        Path(wanted[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
     if session.get_providers()[0] != first:  # onnxruntime falls back quietly when a GPU provider fails to start
         raise RuntimeError(f"{name}: onnxruntime could not start {first} (it runs on {session.get_providers()[0]})")
     return session

@@ -1,8 +1,8 @@
 """Stage interfaces of the masking pipeline.
 
 Each stage is a small Protocol; ``pipeline/backends/onnx.py`` implements them with
-onnxruntime on the CPU. A GPU backend (TensorRT, built from the same ONNX files by
-``trt_engines/``) implements the same protocols and slots in through
+onnxruntime, on the CPU or (never run here) on a GPU through its CUDA or TensorRT provider.
+Another backend implements the same protocols and slots in through
 ``pipeline.backends.create_backend`` without touching the pipeline.
 """
 

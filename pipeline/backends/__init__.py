@@ -1,9 +1,12 @@
-"""Stage backends. ``onnx`` (onnxruntime) is the one that runs today, on the CPU; with
-``execution_provider="cuda"`` the same ONNX files run on onnxruntime-gpu's CUDA provider
-(never run on this project's machines: none has had a GPU).
+"""Stage backends. ``onnx`` (onnxruntime) is the one there is: on the CPU, and with
+``execution_provider`` ``cuda`` or ``tensorrt`` the same ONNX files run on onnxruntime-gpu's
+CUDA provider or as TensorRT engines through its TensorRT provider
+(``pipeline.onnx_models.tensorrt_provider_options``; engines built and checked by
+``trt_engines/build_engines.py``). Neither GPU path has run: none of this project's
+machines has had a GPU. The pre- and post-processing stays numpy on the CPU.
 
-A TensorRT backend would build engines from the same ONNX files (``trt_engines/``) and
-implement the protocols in ``pipeline/stages.py``; ``create_backend`` is where it plugs in.
+A backend of another kind (TensorRT's own runtime, say, with the pre-processing on the GPU)
+would implement the protocols in ``pipeline/stages.py``; ``create_backend`` is where it plugs in.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def create_backend(
 ) -> Backend:
     """``models_dir``: another folder of model files with its MANIFEST.json (default
     ``pipeline/models``); benchmarks use it to compare two exports in one run.
-    ``execution_provider``: cpu or cuda (``pipeline.onnx_models.providers_for``)."""
+    ``execution_provider``: cpu, cuda or tensorrt (``pipeline.onnx_models.providers_for``)."""
     if name == "onnxruntime":
         from pipeline.backends.onnx import OnnxLandmarker, OnnxSegmenter, YuNetDetector
         from pipeline.onnx_models import providers_for

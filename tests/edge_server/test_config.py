@@ -40,17 +40,18 @@ def test_webrtc_section_and_booleans_from_the_environment() -> None:
         load_config(environ={"HIKARIEDGE__WEBRTC__ALLOW_LOOPBACK": "maybe"})
 
 
-def test_an_execution_provider_this_machine_lacks_is_refused_at_start(tmp_path) -> None:
+@pytest.mark.parametrize(("provider", "needs"), [("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")])
+def test_an_execution_provider_this_machine_lacks_is_refused_at_start(provider, needs) -> None:
     import onnxruntime as ort
 
     from edge_server.config import check_runtime
 
     check_runtime(load_config(environ={}))  # cpu, the default
-    config = load_config(environ={"HIKARIEDGE__PIPELINE__EXECUTION_PROVIDER": "cuda"})
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    config = load_config(environ={"HIKARIEDGE__PIPELINE__EXECUTION_PROVIDER": provider})
+    if needs in ort.get_available_providers():
         check_runtime(config)  # a GPU build: accepted
     else:
-        with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+        with pytest.raises(ConfigError, match=f"{needs}.*onnxruntime-gpu"):
             check_runtime(config)
     identity = load_config(environ={"HIKARIEDGE__PIPELINE__EXECUTION_PROVIDER": "cuda", "HIKARIEDGE__PIPELINE__PROCESSOR": "identity"})
     check_runtime(identity)  # no models run: nothing to refuse

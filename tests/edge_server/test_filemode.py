@@ -177,3 +177,23 @@ def test_bad_inputs_exit_2(tmp_path: Path, sync_clip: Path, capsys: pytest.Captu
     with pytest.raises(FileModeError, match="image output"):
         mask_file(image, tmp_path / "o.mp4")
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize(("provider", "needs"), [("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")])
+def test_a_gpu_provider_this_machine_lacks_exits_2_before_any_work(
+    tmp_path: Path, sync_clip: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, provider: str, needs: str
+) -> None:
+    """`hikariedge serve` and `hikariedge mask` refuse a GPU provider this onnxruntime lacks
+    at once, saying what it has and what to install, and write nothing."""
+    import onnxruntime as ort
+
+    if needs in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime has {needs}: nothing to refuse")
+    monkeypatch.setenv("HIKARIEDGE__PIPELINE__EXECUTION_PROVIDER", provider)
+    out = tmp_path / "o.mp4"
+    assert cli_main(["mask", str(sync_clip), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needs in err and "CPUExecutionProvider" in err and "install onnxruntime-gpu" in err
+    assert not out.exists()
+    assert cli_main(["serve", "--http-port", "0", "--rtmp-port", "0"]) == 2
+    assert needs in capsys.readouterr().err

@@ -265,7 +265,7 @@ def test_execution_providers_are_checked_not_left_to_fall_back():
     import onnxruntime as ort
 
     assert onnx_models.providers_for("cpu") == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match="one of cpu, cuda"):
+    with pytest.raises(ValueError, match="one of cpu, cuda, tensorrt"):
         onnx_models.providers_for("tpu")
     if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: the path this machine cannot run
         assert onnx_models.providers_for("cuda")[0] == "CUDAExecutionProvider"
@@ -276,3 +276,50 @@ def test_execution_providers_are_checked_not_left_to_fall_back():
         warnings.simplefilter("ignore")  # onnxruntime warns that the provider is not there
         with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider"):
             onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_tensorrt_is_refused_here_with_what_it_needs():
+    """pipeline.execution_provider: tensorrt needs onnxruntime-gpu and TensorRT; on this
+    CPU-only onnxruntime it is refused before anything loads, and a session asked to start
+    on TensorRT (with the options the node gives it) is refused rather than left on the CPU."""
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():  # a GPU build: the path this machine cannot run
+        assert onnx_models.providers_for("tensorrt")[0] == "TensorrtExecutionProvider"
+        return
+    with pytest.raises(ValueError, match="TensorrtExecutionProvider.*TensorRT"):
+        onnx_models.providers_for("tensorrt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="could not start TensorrtExecutionProvider"):
+            onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=onnx_models.EXECUTION_PROVIDERS["tensorrt"])
+
+
+def test_tensorrt_options_cache_engines_and_give_the_dynamic_detector_one_profile(tmp_path, monkeypatch):
+    """The options the TensorRT provider gets per model (pure; the provider itself never ran
+    here): engines and timing cache in one folder, FP32, and for the dynamic YuNet (sides
+    symbolic in MANIFEST.json) a profile from the smallest crop to a 4K frame's detector
+    input, so the changing crop sizes of partial scans share one engine. Fixed-shape models
+    get no profile."""
+    monkeypatch.setenv("HIKARIEDGE_TRT_CACHE", str(tmp_path / "env-cache"))
+    det = onnx_models.tensorrt_provider_options(onnx_models.FACE_DETECTION_YUNET_DYNAMIC)
+    assert det["trt_engine_cache_path"] == det["trt_timing_cache_path"] == str(tmp_path / "env-cache")
+    assert det["trt_engine_cache_enable"] == "True" and det["trt_fp16_enable"] == "False"
+    assert det["trt_profile_min_shapes"] == "input:1x3x32x32"
+    assert det["trt_profile_opt_shapes"] == "input:1x3x352x640"
+    assert det["trt_profile_max_shapes"] == "input:1x3x1088x1920"
+    # the profile holds what the detector is given: 1280x720's input and a 4K frame's, padded to 32
+    from pipeline.backends.onnx import YuNetDetector
+
+    detector = YuNetDetector()  # the defaults: detect_width 640, min_scale 0.5
+    sizes = {(w, h): detector.input_size(h, w) for w, h in ((1280, 720), (3840, 2160))}
+    for w, h in sizes.values():
+        assert -(-h // 32) * 32 <= onnx_models.TRT_PROFILE_HW["max"][0] and -(-w // 32) * 32 <= onnx_models.TRT_PROFILE_HW["max"][1]
+    assert sizes[(1280, 720)] == onnx_models.TRT_PROFILE_HW["opt"][::-1]
+
+    landmarks = onnx_models.tensorrt_provider_options(onnx_models.FACE_LANDMARK, cache_dir=tmp_path / "own")
+    assert landmarks["trt_engine_cache_path"] == str(tmp_path / "own")
+    assert not any(k.startswith("trt_profile") for k in landmarks)
+    providers = onnx_models.session_providers(onnx_models.EXECUTION_PROVIDERS["tensorrt"], onnx_models.FACE_LANDMARK)
+    assert providers[0][0] == "TensorrtExecutionProvider" and providers[0][1]["trt_engine_cache_path"] == str(tmp_path / "env-cache")
+    assert providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
