@@ -82,6 +82,9 @@ class PipelineConfig:
     detect_every: int = 5  # run the face detector every N frames (and whenever tracking is lost)
     full_detect_every: int = 30  # the detector scans the whole frame at least every N frames; its runs in
     # between scan only where the picture changed outside the tracked faces, and held faces (pipeline/scan.py); 1 = always whole
+    scan_call_px: int = 12_000  # what one detector run costs beyond its area, as px of the detector's input
+    # (about 0.45 ms a run on the 2-core machine): partial scans whose joint box costs less than two runs are
+    # scanned in one run (docs/benchmarks.md); 0 = only overlapping scans are joined
     detect_width: int = 640  # the detector sees the frame scaled to this width (at most halved)
     parallel_detect: bool = False  # detector on its own thread beside the landmarks: p95 0.85-0.91x, but the
     # node's CPU per stream rose in the relay bench (docs/benchmarks.md); off until that is understood

@@ -292,7 +292,8 @@ class FaceMasker:
     def _scan_boxes(self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
         """Each region to scan as (even frame box, its size at the detector's scale): grown
         to whole SCAN_ALIGN px of the detector's input (the scale of a whole-frame pass, so
-        a face is found at the same size), overlaps merged."""
+        a face is found at the same size), merged where one run costs less than two
+        (``pipeline.scan_call_px``)."""
         fh, fw = frame_hw
         dw, dh = self.backend.detector.input_size(fh, fw)
         sx, sy = dw / fw, dh / fh
@@ -303,7 +304,7 @@ class FaceMasker:
             cx1, cy1 = min(dw, -(-int(np.ceil(x1 * sx)) // a) * a), min(dh, -(-int(np.ceil(y1 * sy)) // a) * a)
             cells.append([max(0, min(cx0, cx1 - a)), max(0, min(cy0, cy1 - a)), cx1, cy1])
         out = []
-        for cx0, cy0, cx1, cy1 in merge_rects(cells):
+        for cx0, cy0, cx1, cy1 in merge_rects(cells, slack=max(0, self.config.scan_call_px)):
             bx0, by0 = int(cx0 / sx) & ~1, int(cy0 / sy) & ~1
             bx1, by1 = min(fw, (int(np.ceil(cx1 / sx)) + 1) & ~1), min(fh, (int(np.ceil(cy1 / sy)) + 1) & ~1)
             out.append(((bx0, by0, bx1, by1), (cx1 - cx0, cy1 - cy0)))

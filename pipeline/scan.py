@@ -56,9 +56,11 @@ def _area(r: list[int]) -> int:
     return max(0, r[2] - r[0]) * max(0, r[3] - r[1])
 
 
-def merge_rects(rects: list[list[int]]) -> list[list[int]]:
-    """Replace two overlapping (or touching) rects by their bounding box wherever that box
-    is no bigger than the two together: fewer, never larger, scans."""
+def merge_rects(rects: list[list[int]], slack: int = 0) -> list[list[int]]:
+    """Replace two rects by their bounding box wherever that box is no bigger than the two
+    together: fewer, never larger, scans. With ``slack`` (what one more scan costs beyond its
+    area, in the rects' squared units) also wherever the box is no bigger than the two plus
+    ``slack``: one run where two would cost more."""
     rects = [r[:] for r in rects if _area(r) > 0]
     merged = True
     while merged:
@@ -66,12 +68,12 @@ def merge_rects(rects: list[list[int]]) -> list[list[int]]:
         out: list[list[int]] = []
         for r in rects:
             for o in out:
-                if r[0] <= o[2] and o[0] <= r[2] and r[1] <= o[3] and o[1] <= r[3]:
-                    box = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
-                    if _area(box) <= _area(o) + _area(r):
-                        o[:] = box
-                        merged = True
-                        break
+                # (two rects apart never fit a box of their own area: slack 0 merges only overlaps)
+                box = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
+                if _area(box) <= _area(o) + _area(r) + slack:
+                    o[:] = box
+                    merged = True
+                    break
             else:
                 out.append(r)
         rects = out

@@ -328,6 +328,26 @@ def test_between_whole_frame_passes_the_detector_looks_only_where_the_picture_ch
         masker.close()
 
 
+def test_near_partial_scans_are_one_detector_run(backend):
+    """pipeline.scan_call_px: a detector run costs about as much as 12,000 px of input on its
+    own, so two changed areas close together are scanned in one run (their joint box), and
+    two far apart stay two. 0 joins only overlapping ones."""
+    masker, _ = _masker(backend)
+    try:
+        # at the detector's scale (half) and aligned to 32 px: 96x96 each, 32 px apart
+        near = ((100, 100, 228, 228), (340, 100, 468, 228))
+        (one,) = masker._scan_boxes(near, (720, 1280))
+        (x0, y0, x1, y1), (cw, ch) = one
+        assert x0 <= 100 and y0 <= 100 and x1 >= 468 and y1 >= 228, "the joint box holds both areas"
+        assert (cw, ch) == (224, 96)
+        far = ((0, 0, 128, 128), (1152, 592, 1280, 720))
+        assert len(masker._scan_boxes(far, (720, 1280))) == 2
+        masker.config.scan_call_px = 0
+        assert len(masker._scan_boxes(near, (720, 1280))) == 2
+    finally:
+        masker.close()
+
+
 def test_a_head_the_person_rule_covers_is_scanned_on_every_detector_run(backend, face_frames, face_boxes):
     """The whole-frame passes miss the face (injected: blind at the whole frame's input
     size) and the picture barely changes: the head the person rule covered is scanned on the

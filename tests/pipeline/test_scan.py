@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.guard import CHANGE_BLOCK, CHANGE_LEVEL
-from pipeline.scan import FULL_SHARE, ChangeScanner
+from pipeline.scan import FULL_SHARE, ChangeScanner, merge_rects
 
 HW = (720, 1280)  # frame px; the luma is 256x144, so one block is 40x40 frame px
 LUMA_HW = (144, 256)
@@ -153,3 +153,14 @@ def test_a_tracked_head_moving_is_scanned_around_its_box_not_across_it():
     for x0, y0, x1, y1 in plan.regions:
         covered[y0:y1, x0:x1] = True
     assert covered[160:200, 440:840].all() and covered[200:560, 440:480].all(), "the ring must be scanned"
+
+
+def test_merge_rects_joins_overlaps_and_with_slack_near_rects_but_never_far_ones():
+    a, b = [0, 0, 64, 64], [32, 0, 96, 64]
+    assert merge_rects([a, b]) == [[0, 0, 96, 64]], "overlapping: one box no bigger than the two"
+    near, far = [0, 0, 64, 64], [96, 0, 160, 64]  # a 32 px gap: the box is 2 * 4096 + 2048 px
+    assert merge_rects([near, far]) == [near, far], "apart: no box of their own area"
+    assert merge_rects([near, far], slack=2048) == [[0, 0, 160, 64]]
+    assert merge_rects([near, far], slack=2047) == [near, far]
+    corners = [[0, 0, 32, 32], [600, 320, 640, 352]]  # opposite corners: the box is the frame
+    assert merge_rects(corners, slack=12_000) == corners
