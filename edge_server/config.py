@@ -134,6 +134,8 @@ class WebRtcConfig:
     max_viewers: int = 200  # WHEP viewers on this node, all sessions
     connect_timeout_s: float = 15.0  # a peer not connected this long after its 201 is dropped
     idle_timeout_s: float = 10.0  # a WHIP publisher that sends no video this long is closed
+    frame_on_marker: bool = True  # a WHIP video frame is decoded once its last packet (RTP marker) is in,
+    # not when the next frame begins (aiortc's rule): one frame interval less latency (edge_server/webrtc/jitter.py)
     audio_bitrate_kbps: int = 128  # AAC made from WHIP's Opus for the RTMP targets
     opus_bitrate_kbps: int = 96  # Opus made from RTMP's AAC for WHEP viewers
     cors_allow_origin: str = "*"  # WHIP/WHEP answers to browsers on other origins (tokens, no cookies)

@@ -71,6 +71,7 @@ class WebRtcGateway:
             *self._peer_args(session_id, pc, offer),
             idle_timeout_s=self.config.idle_timeout_s,
             publisher_gone=self.live.publisher_gone,
+            frame_on_marker=self.config.frame_on_marker,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))

@@ -17,6 +17,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from edge_server.runtime import SessionRuntime
+from edge_server.webrtc import jitter
 from edge_server.webrtc.hub import ViewerHub
 from edge_server.webrtc.tracks import EncodedAudioTrack, EncodedVideoTrack
 
@@ -147,8 +148,12 @@ class WhipPublisher(_Peer):
 
     protocol = "whip"
 
-    def __init__(self, *args: Any, idle_timeout_s: float, publisher_gone: Callable[[str, SessionRuntime], Any], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, idle_timeout_s: float, publisher_gone: Callable[[str, SessionRuntime], Any],
+        frame_on_marker: bool = True, **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.frame_on_marker = frame_on_marker
         self.runtime: SessionRuntime | None = None
         self.timeline = StreamTimeline(time.monotonic())
         self._idle_timeout_s = idle_timeout_s
@@ -166,6 +171,8 @@ class WhipPublisher(_Peer):
             if any(kind == transceiver.kind for kind, _ in tracks):
                 continue  # one stream of each kind
             tap_first_rtp_packet(transceiver.receiver, lambda t, k=transceiver.kind: self.timeline.first_packet(k, t))
+            if transceiver.kind == "video" and self.frame_on_marker:
+                jitter.use_on_receiver(transceiver.receiver)  # a frame leaves on its last packet
             tracks.append((transceiver.kind, track))
         return tracks
 

@@ -144,6 +144,16 @@ def assert_av_in_sync_like_the_source(received: Path, clip: Path, tolerance_ms: 
         assert abs((beep - flash) - expected) <= tolerance_ms, f"flash at {flash} ms, beep at {beep} ms"
 
 
+def assert_whip_frames_leave_on_their_marker(node: Node) -> None:
+    """The node's WHIP video receiver uses the marker-bit jitter buffer (webrtc.frame_on_marker),
+    so the frames the test then counts at the viewer and the target went through it."""
+    from edge_server.webrtc.jitter import MarkerJitterBuffer
+
+    (publisher,) = node.webrtc.peers("whip")
+    (video,) = [t.receiver for t in publisher.pc.getTransceivers() if t.kind == "video"]
+    assert isinstance(video._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
+
+
 async def test_obs_shaped_whip_publish_reaches_rtmp_target_and_whep_viewer(rtc_node: Node, clip_small: Path, tmp_path: Path) -> None:
     receiver = start_receiver(tmp_path / "rx.flv")
     session = await create_session(rtc_node, [receiver.url])
@@ -153,6 +163,7 @@ async def test_obs_shaped_whip_publish_reaches_rtmp_target_and_whep_viewer(rtc_n
     publisher = await whip_publish_as_obs(session["whip"]["url"], session["whip"]["bearer_token"], player.video, player.audio)
     assert publisher.status == 201, publisher.body
     try:
+        assert_whip_frames_leave_on_their_marker(rtc_node)
         await wait_for(lambda: player.video.readyState == "ended", 20, "the clip to end")
         await asyncio.sleep(0.5)
         sent = sum(1 for _ in av.open(str(clip_small)).decode(video=0))
@@ -180,6 +191,7 @@ async def test_browser_like_vp8_publish_is_watched(rtc_node: Node, clip_small: P
     publisher = await whip_publish(session["whip"]["url"], session["whip"]["bearer_token"], player.video, player.audio, video_codec="video/VP8")
     assert publisher.status == 201, publisher.body
     assert "VP8/90000" in publisher.body
+    assert_whip_frames_leave_on_their_marker(rtc_node)
     viewer = await whep_play(session["whep"]["url"], await play_token(rtc_node, session["id"]))
     try:
         await wait_for(lambda: len(viewer.video_frames) >= 60, 15, "60 frames at the viewer")
