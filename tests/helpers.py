@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +74,33 @@ class Receiver:
             return self.process.wait(5)
 
 
-def start_receiver(path: Path, port: int | None = None, key: str = "target-key") -> Receiver:
+def _listening(port: int) -> bool:
+    """Whether a socket listens on ``port`` (read from /proc, without connecting: a probe
+    connection would be the one client `ffmpeg -listen 1` accepts)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def start_receiver(path: Path, port: int | None = None, key: str = "target-key", listen_timeout: float = 10.0) -> Receiver:
+    """Started and listening: a relay that dials it at once is not refused (which would
+    make its first frames wait for a reconnect, and a test count them missing)."""
     port = port or free_port()
     url = f"rtmp://127.0.0.1:{port}/app/{key}"
     process = subprocess.Popen(
         [ffmpeg_exe(), "-loglevel", "error", "-y", "-listen", "1", "-timeout", "30", "-copyts", "-i", url, "-c", "copy", "-f", "flv", str(path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + listen_timeout
+    while not _listening(port) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     return Receiver(process, path, url)
 
 

@@ -259,40 +259,32 @@ def test_backend_loads_from_the_folder_it_is_given(tmp_path):
 
 
 def test_execution_providers_are_checked_not_left_to_fall_back():
-    """pipeline.execution_provider: cpu runs here; cuda needs onnxruntime-gpu and a GPU. A
-    provider this onnxruntime lacks is refused with what it has, and a session that came up
-    on another provider than asked (onnxruntime falls back quietly) is refused too."""
-    import onnxruntime as ort
-
+    """pipeline.execution_provider: cpu runs here; an unknown one is refused with the choices."""
     assert onnx_models.providers_for("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="one of cpu, cuda, tensorrt"):
         onnx_models.providers_for("tpu")
-    if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: the path this machine cannot run
-        assert onnx_models.providers_for("cuda")[0] == "CUDAExecutionProvider"
-        return
-    with pytest.raises(ValueError, match="onnxruntime-gpu"):
-        onnx_models.providers_for("cuda")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # onnxruntime warns that the provider is not there
-        with pytest.raises(RuntimeError, match="could not start CUDAExecutionProvider"):
-            onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 
-def test_tensorrt_is_refused_here_with_what_it_needs():
-    """pipeline.execution_provider: tensorrt needs onnxruntime-gpu and TensorRT; on this
-    CPU-only onnxruntime it is refused before anything loads, and a session asked to start
-    on TensorRT (with the options the node gives it) is refused rather than left on the CPU."""
+@pytest.mark.parametrize(
+    ("provider", "first", "needs"),
+    [("cuda", "CUDAExecutionProvider", "onnxruntime-gpu"), ("tensorrt", "TensorrtExecutionProvider", "onnxruntime-gpu and TensorRT")],
+)
+def test_a_gpu_provider_this_onnxruntime_lacks_is_refused(provider, first, needs):
+    """cuda needs onnxruntime-gpu and a GPU, tensorrt TensorRT too. One this onnxruntime
+    lacks is refused before anything loads, saying what to install, and a session asked to
+    start on it (with the options the node gives it) is refused rather than left on the CPU,
+    where onnxruntime falls back quietly."""
     import onnxruntime as ort
 
-    if "TensorrtExecutionProvider" in ort.get_available_providers():  # a GPU build: the path this machine cannot run
-        assert onnx_models.providers_for("tensorrt")[0] == "TensorrtExecutionProvider"
+    if first in ort.get_available_providers():  # a GPU build: the path this machine cannot run
+        assert onnx_models.providers_for(provider)[0] == first
         return
-    with pytest.raises(ValueError, match="TensorrtExecutionProvider.*TensorRT"):
-        onnx_models.providers_for("tensorrt")
+    with pytest.raises(ValueError, match=f"{first}.*{needs}"):
+        onnx_models.providers_for(provider)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(RuntimeError, match="could not start TensorrtExecutionProvider"):
-            onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=onnx_models.EXECUTION_PROVIDERS["tensorrt"])
+        warnings.simplefilter("ignore")  # onnxruntime warns that the provider is not there
+        with pytest.raises(RuntimeError, match=f"could not start {first}"):
+            onnx_models.load_session(onnx_models.FACE_LANDMARK, providers=onnx_models.EXECUTION_PROVIDERS[provider])
 
 
 def test_tensorrt_options_cache_engines_and_give_the_dynamic_detector_one_profile(tmp_path, monkeypatch):
