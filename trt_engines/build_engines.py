@@ -91,20 +91,27 @@ def build_and_check(cache: Path, execution_provider: str = "tensorrt") -> list[C
     ``cpu`` against itself: everything but TensorRT itself)."""
     from pipeline.onnx_models import load_session, providers_for
 
-    os.environ["HIKARIEDGE_TRT_CACHE"] = str(cache)
     providers = providers_for(execution_provider)  # ValueError where this machine lacks it
     checks = []
-    for model, batches in _inputs(np.random.default_rng(0)).items():
-        cpu = load_session(model)
-        trt = load_session(model, providers=providers)
-        names = [o.name for o in trt.get_outputs()]
-        feed = trt.get_inputs()[0].name
-        for x in batches:
-            t = time.perf_counter()
-            got = trt.run(None, {feed: x})
-            took = time.perf_counter() - t
-            diff, tolerance = _max_diff(model, names, cpu.run(None, {feed: x}), got)
-            checks.append(Check(model, tuple(x.shape), took, diff, tolerance))
+    before = os.environ.get("HIKARIEDGE_TRT_CACHE")
+    os.environ["HIKARIEDGE_TRT_CACHE"] = str(cache)  # where load_session's TensorRT options put the engines
+    try:
+        for model, batches in _inputs(np.random.default_rng(0)).items():
+            cpu = load_session(model)
+            trt = load_session(model, providers=providers)
+            names = [o.name for o in trt.get_outputs()]
+            feed = trt.get_inputs()[0].name
+            for x in batches:
+                t = time.perf_counter()
+                got = trt.run(None, {feed: x})
+                took = time.perf_counter() - t
+                diff, tolerance = _max_diff(model, names, cpu.run(None, {feed: x}), got)
+                checks.append(Check(model, tuple(x.shape), took, diff, tolerance))
+    finally:
+        if before is None:
+            os.environ.pop("HIKARIEDGE_TRT_CACHE", None)
+        else:
+            os.environ["HIKARIEDGE_TRT_CACHE"] = before
     return checks
 
 

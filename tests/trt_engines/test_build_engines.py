@@ -54,3 +54,11 @@ def test_refused_here_with_exit_code_2(tmp_path):
     assert done.returncode == 2
     assert "cannot build TensorRT engines here" in done.stderr and "TensorrtExecutionProvider" in done.stderr
     assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+def test_the_cache_folder_is_set_only_while_it_builds(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("HIKARIEDGE_TRT_CACHE", raising=False)
+    build_and_check(tmp_path / "cache", execution_provider="cpu")
+    assert "HIKARIEDGE_TRT_CACHE" not in os.environ
