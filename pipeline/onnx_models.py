@@ -163,7 +163,8 @@ TRT_CACHE_DIR = Path(__file__).resolve().parents[1] / "trt_engines" / "cache"
 # The optimisation profile for a model input with symbolic sides (the dynamic YuNet: every
 # partial scan is a crop of its own size, a multiple of 32): one engine for any size from the
 # smallest crop to the detector's input for a 4K frame (3840x2160 at min_scale 0.5: 1920x1088),
-# tuned for 1280x720's 640x352. A larger input fails that frame, and the masker covers it.
+# tuned for 1280x720's 640x352. A larger input is outside it: onnxruntime fails the run or
+# rebuilds the engine (never run here, so not known which); the masker covers what fails or is late.
 TRT_PROFILE_HW = {"min": (32, 32), "opt": (352, 640), "max": (1088, 1920)}
 
 
