@@ -661,7 +661,7 @@ def evaluate_clip(
     pacer = Pacer(fps)
     proc = make_processor()
     result: ClipResult | None = None
-    prev: tuple[np.ndarray, np.ndarray] | None = None
+    prev: tuple[int, np.ndarray, np.ndarray] | None = None  # the last judged frame: index, input, output
     sample_target = (max_frames or 90) // 2
     best_dist = None
     # as the runtime and file mode do: each output is held back ``lookahead`` frames and
@@ -681,8 +681,8 @@ def evaluate_clip(
             result.frames_with_face += 1
             if any(f.unmasked for f in judged):
                 result.frames_with_unmasked_face += 1
-            if prev is not None:
-                result.flicker.extend(flicker_ratios(prev[0], in_rgb, prev[1], out_rgb, faces))
+            if prev is not None and prev[0] == i - 1:  # consecutive frames only (one may be withheld)
+                result.flicker.extend(flicker_ratios(prev[1], in_rgb, prev[2], out_rgb, faces))
             dist = abs(i - sample_target)
             if best_dist is None or dist < best_dist:
                 best_dist = dist
@@ -691,7 +691,7 @@ def evaluate_clip(
                         f"max cos {max(ident):.2f}" if ident else f"frame {i}, {len(faces)} face(s), "
                         f"{sum(f.unmasked for f in judged)} unmasked")
                 result.sample = (in_rgb, out_rgb, note)
-        prev = (in_rgb, out_rgb)
+        prev = (i, in_rgb, out_rgb)
 
     try:
         for i, frame in enumerate(iter_frames(path, max_frames, judge_size)):
@@ -701,10 +701,7 @@ def evaluate_clip(
             pacer.wait()
             out = run_processor(proc, frame, result.timing, result.counters, i).out
             result.frames += 1
-            if out is None:
-                for late_out, (j, late_rgb) in held.flush():
-                    judge(j, late_rgb, late_out)
-                prev = None
+            if out is None:  # withheld, as the runtime withholds it; the frames held stay held
                 continue
             for late_out, (j, late_rgb) in held.push_processed(proc, out, (i, in_rgb)):
                 judge(j, late_rgb, late_out)

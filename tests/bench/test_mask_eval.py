@@ -133,6 +133,37 @@ def test_identity_standin_leaks_everything(eval_dir: Path, tools: M.Tools) -> No
     assert s["flicker_ratio"]["p50"] == pytest.approx(1.0)
 
 
+class _HeldThenRaising(M.IdentityStandin):
+    """STAND-IN: passes frames through (every face leaks) reporting no new faces, so a
+    lookahead holds each frame back as it holds the masker's; raises on frame 3, and on
+    frame 4 reports a new face over the whole picture (the lookahead covers it in what it
+    still holds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.new_face_boxes: tuple = ()
+
+    def process(self, frame):
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("injected")
+        self.new_face_boxes = (np.array([0, 0, frame.width, frame.height], np.float32),) if self.calls == 5 else ()
+        return super().process(frame)
+
+
+def test_a_withheld_frame_leaves_the_held_ones_held(eval_dir: Path, tools: M.Tools) -> None:
+    """As the runtime does: a frame the processor fails on is withheld and the frame held
+    back before it stays held, so a face the next frame reports is covered in it too (the
+    evaluation used to let it go at the failure); flicker compares consecutive frames only."""
+    r = M.evaluate_clip(_clip(eval_dir, "lp_d0"), _HeldThenRaising, tools, 8, bench_720p=False, expression=False, lookahead=1)
+    assert r.frames == 8 and r.frames_with_face == 7  # frame 3 withheld, all others judged
+    assert r.counters.get("process_errors") == 1
+    s = r.summary()
+    assert s["leak_faces"] == 6, "frame 2, held across the failure, is covered by frame 4's report"
+    assert len(r.flicker) == 5  # pairs (0,1) (1,2) (4,5) (5,6) (6,7): none across the withheld frame
+
+
 def test_clips_can_be_judged_at_another_size(eval_dir: Path, tools: M.Tools) -> None:
     """--judge-size: the judged pass sees the clip letterboxed, as a 1280x720 stream does."""
     r = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.IdentityStandin, tools, 3, bench_720p=False, expression=False, judge_size=(640, 360))
