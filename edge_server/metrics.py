@@ -63,6 +63,11 @@ class MediaMetrics:
             "hikariedge_webrtc_requests", "WHIP/WHEP HTTP requests by protocol, method and status", ["protocol", "method", "status"], registry=r
         )
 
+    def count_cover(self, session_id: str, reason: str) -> None:
+        """One cover by the privacy guard (``COVER_REASONS``), for the session and for all."""
+        self.covered.labels(session_id, reason).inc()
+        self.covered_all.labels(reason).inc()
+
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's labelled series so that the registry does not grow forever."""
         for metric in (self.frames_in, self.frames_out, self.bytes_in, self.bytes_out, self.reconnects, self.session_latency_seconds):

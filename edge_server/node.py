@@ -92,8 +92,7 @@ class Node:
         metrics = self.metrics
 
         def on_cover(reason: str) -> None:
-            metrics.covered.labels(session.id, reason).inc()
-            metrics.covered_all.labels(reason).inc()
+            metrics.count_cover(session.id, reason)
 
         def on_timings(ms: dict[str, float]) -> None:
             for stage, value in ms.items():

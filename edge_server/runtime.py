@@ -525,8 +525,7 @@ class SessionRuntime:
         self.metrics.bytes_in_all.inc(size)
 
     def _count_found_late(self) -> None:
-        self.metrics.covered.labels(self.session_id, "found_late").inc()
-        self.metrics.covered_all.labels("found_late").inc()
+        self.metrics.count_cover(self.session_id, "found_late")
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count
