@@ -5,6 +5,9 @@ Same processor as a live session (``pipeline.factory.build_processor`` with the 
 frame is masked however long it takes. Video is re-encoded with libx264 (yuv420p, CRF),
 keeping the input's timestamps; audio is copied when the output container takes its
 codec, else transcoded to AAC. Images (PNG, JPEG, WebP) are masked as a single frame.
+Pictures stored sideways are turned upright before masking (a phone video's display
+matrix, a photo's EXIF orientation): the detector and the landmark model expect an upright
+head, and a face they see sideways would only be covered, never swapped.
 
 Exit codes: 0 done, 1 failed while writing, 2 bad input (missing or unreadable file,
 unknown persona, unsupported output type, conflicting options).
@@ -60,12 +63,15 @@ class MaskSummary:
     events: Counter[str] = field(default_factory=Counter)
     width: int = 0
     height: int = 0
+    turned_deg: int = 0  # degrees the input was turned counterclockwise to stand upright
 
     def lines(self) -> list[str]:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
         out = [f"masked {self.frames} {'frame' if self.frames == 1 else 'frames'} ({self.width}x{self.height}) in {self.seconds:.1f} s ({fps:.1f} fps) -> {self.output}"]
         if self.kind == "video":
             out.append(f"audio: {self.audio}")
+        if self.turned_deg:
+            out.append(f"turned upright: {self.turned_deg} degrees counterclockwise, as the input's display matrix says")
         if self.events:
             out.append("covered events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
         else:
@@ -178,6 +184,33 @@ def mask_image(src: Path | np.ndarray, dst: Path, processor: Any) -> MaskSummary
 # -- video -------------------------------------------------------------------------------------
 
 
+def quarter_turns(degrees: float) -> int:
+    """Counterclockwise quarter turns (0-3) nearest a display matrix's rotation."""
+    turns = round(degrees / 90)
+    if abs(degrees - 90 * turns) > 1:
+        log.warning("display rotation of %.1f degrees is not a quarter turn: turned by %d", degrees, 90 * turns)
+    return turns % 4
+
+
+def display_turns(src: Path) -> int:
+    """The quarter turns that make ``src``'s stored picture upright: phones record sideways
+    and say how to turn it in the display matrix, which the decoder leaves to the player."""
+    try:
+        with av.open(str(src)) as c:
+            for frame in c.decode(video=0):
+                return quarter_turns(frame.rotation)
+    except (av.error.FFmpegError, OSError):
+        pass  # the transcode itself reports an unreadable input
+    return 0
+
+
+def _upright(frame: av.VideoFrame, turns: int) -> av.VideoFrame:
+    if not turns:
+        return frame
+    rgb = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
 def _frame_total(stream: Any, container: Any) -> int | None:
     if stream.frames:
         return int(stream.frames)
@@ -222,10 +255,12 @@ def mask_video(
             total = min(total, max_frames) if total else max_frames
         rate = vin.average_rate or vin.guessed_rate or Fraction(30)
         tb = vin.time_base or Fraction(1, 90000)
+        turns = display_turns(src)
+        summary.turned_deg = 90 * turns
         out = av.open(str(dst), "w", format=fmt)
         try:
             lookahead: Lookahead[None] = Lookahead(lookahead_frames)
-            _transcode(inp, vin, ain, out, fmt, processor, lookahead, summary, rate, tb, total, max_frames, crf, preset, progress_stream)
+            _transcode(inp, vin, ain, out, fmt, processor, lookahead, summary, rate, tb, total, max_frames, crf, preset, progress_stream, turns)
         except BaseException:
             out.close()
             dst.unlink(missing_ok=True)  # no half-written output left behind
@@ -239,9 +274,11 @@ def mask_video(
 def _transcode(
     inp: Any, vin: Any, ain: Any, out: Any, fmt: str, processor: Any, lookahead: Lookahead[None], summary: MaskSummary,
     rate: Fraction, tb: Fraction, total: int | None, max_frames: int | None, crf: int, preset: str,
-    progress_stream: TextIO | None,
+    progress_stream: TextIO | None, turns: int = 0,
 ) -> None:
     width, height = vin.codec_context.width, vin.codec_context.height
+    if turns % 2:
+        width, height = height, width  # written upright, with no display matrix of its own
     width, height = width - width % 2, height - height % 2  # yuv420p needs even sides
     if width < 2 or height < 2:
         raise FileModeError(f"video size {vin.codec_context.width}x{vin.codec_context.height} is too small")
@@ -287,6 +324,7 @@ def _transcode(
         if last_pts is not None and pts <= last_pts:
             pts = last_pts + 1  # the encoder needs strictly rising timestamps
         last_pts = pts
+        frame = _upright(frame, turns)
         frame.pts, frame.time_base = pts, tb
         masked = processor.process(frame)
         masked.pts, masked.time_base = pts, tb

@@ -128,6 +128,58 @@ def test_real_clip_face_is_replaced(tmp_path: Path) -> None:
     assert len(diffs) == 9 and min(diffs) > 12, diffs
 
 
+def _stored_sideways(src: Path, dst: Path, turn: str, display_rotation: int, seconds: float) -> Path:
+    """A phone-style recording: the picture stored turned (``transpose``), with a display
+    matrix saying how to turn it back, as phones write it."""
+    raw = dst.with_suffix(".raw.mp4")
+    ff = ffmpeg_exe()
+    subprocess.run([ff, "-v", "error", "-y", "-i", str(src), "-t", str(seconds), "-vf", turn, "-c:v", "libx264", "-crf", "16", "-an", str(raw)], check=True)
+    subprocess.run([ff, "-v", "error", "-y", "-display_rotation", str(display_rotation), "-i", str(raw), "-c", "copy", str(dst)], check=True)
+    return dst
+
+
+@pytest.mark.parametrize(("turn", "display_rotation", "turned"), [("transpose=clock", 90, 90), ("transpose=cclock", -90, 270)])
+def test_a_video_stored_sideways_is_masked_upright(tmp_path: Path, turn: str, display_rotation: int, turned: int) -> None:
+    src = eval_root() / "videos" / "lp_s18.mp4"
+    sideways = _stored_sideways(src, tmp_path / "phone.mp4", turn, display_rotation, seconds=0.5)
+    with av.open(str(sideways)) as c:
+        first = next(c.decode(video=0))
+        assert (first.width, first.height) == (720, 1280) and first.rotation == display_rotation
+    out = tmp_path / "out.mp4"
+    summary = mask_file(sideways, out, config=ServerConfig(), mode="anonymize")
+    assert summary.turned_deg == turned and (summary.width, summary.height) == (1280, 720)
+    # seen upright, the face is swapped; seen sideways it would only have been covered
+    assert summary.events["no_landmarks"] == 0, summary.events
+    detector = YuNetDetector(detect_width=1280)
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        outs = list(b.decode(video=0))
+        assert outs and all(f.rotation == 0 and (f.width, f.height) == (1280, 720) for f in outs)
+        for fa, fb in zip(a.decode(video=0), outs[::5]):
+            ra, rb = fa.to_ndarray(format="rgb24"), fb.to_ndarray(format="rgb24")
+            ys, xs = _inner(detector.detect(ra)[0].box)
+            assert np.abs(ra[ys, xs].astype(np.int16) - rb[ys, xs]).mean() > 12
+            assert np.abs(ra[:80, :80].astype(np.int16) - rb[:80, :80]).mean() < 6  # upright: the corner is the source's
+            break
+
+
+def test_a_photo_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    upright = np.zeros((48, 64, 3), np.uint8)  # BGR
+    upright[:, :, 0] = np.arange(64, dtype=np.uint8)[None, :] * 4
+    upright[:, :, 1] = np.arange(48, dtype=np.uint8)[:, None] * 5
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(np.rot90(upright, 1)), [cv2.IMWRITE_JPEG_QUALITY, 98])
+    assert ok
+    # EXIF orientation 6: the stored picture is to be turned 90 degrees clockwise to view it
+    tiff = b"MM\x00\x2a" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big") + bytes.fromhex("0112 0003 00000001 0006 0000") + bytes(4)
+    app1 = b"Exif\x00\x00" + tiff
+    src = tmp_path / "phone.jpg"
+    src.write_bytes(jpeg[:2].tobytes() + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:].tobytes())
+    out = tmp_path / "out.png"
+    mask_file(src, out, config=ServerConfig())
+    got = cv2.imread(str(out))  # BGR, as the picture was written
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(np.int16) - upright).mean() < 4
+
+
 def test_image_in_image_out_with_a_stored_persona(tmp_path: Path) -> None:
     src = eval_root() / "images" / "face_recognition" / "obama.jpg"
     store = PersonaStore.in_data_dir(tmp_path / "data")
