@@ -19,6 +19,7 @@ clips and photos, and measures, against referees that are not the pipeline's own
     .venv/bin/python bench/mask_eval.py                       # the real masker, all clips
     .venv/bin/python bench/mask_eval.py --quick               # 2 clips x 30 frames
     .venv/bin/python bench/mask_eval.py --judge-size 1280x720 # judge the clips as a 720p stream shows them
+    .venv/bin/python bench/mask_eval.py --view-size 640x360   # masked at their own size, judged as a 360p rendition
     .venv/bin/python bench/mask_eval.py --processor identity-standin --sheet none
 
 The evaluation media is read in place (``--eval-dir``, default ``<repo>/../shared/eval``)
@@ -489,6 +490,14 @@ def fit_frame(frame: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:
     return out
 
 
+def view_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` as a platform's lower rendition shows it: fitted into ``size`` through yuv420p,
+    the way a transcoder scales the stream it was sent (the masking ran before, at full size)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame.pts, frame.time_base = 0, IMAGE_TIME_BASE
+    return fit_frame(frame, size).to_ndarray(format="rgb24")
+
+
 def iter_frames(path: Path, max_frames: int | None, size: tuple[int, int] | None = None) -> Iterator[av.VideoFrame]:
     """Decoded frames as the runtime hands them over (yuv420p), optionally fitted into ``size`` (w, h)."""
     with av.open(str(path)) as container:
@@ -511,9 +520,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--judge-size: expected WxH, e.g. 1280x720, got {text!r}") from None
+        raise SystemExit(f"expected WxH, e.g. 1280x720, got {text!r}") from None
     if w < 16 or h < 16 or w % 2 or h % 2:
-        raise SystemExit(f"--judge-size: sides must be even and at least 16 px, got {text!r}")
+        raise SystemExit(f"sides must be even and at least 16 px, got {text!r}")
     return w, h
 
 
@@ -649,10 +658,12 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
 def evaluate_clip(
     path: Path, make_processor: Callable[[], Any], tools: Tools, max_frames: int | None, *,
     bench_720p: bool = True, expression: bool = True, pace: bool = True, judge_size: tuple[int, int] | None = None,
-    lookahead: int = 0,
+    lookahead: int = 0, view_size: tuple[int, int] | None = None,
 ) -> ClipResult:
     """Quality metrics at the clip's own size (or fitted into ``judge_size``), and timing,
-    then a timing-only pass at 1280x720.
+    then a timing-only pass at 1280x720. With ``view_size`` the masker runs as above
+    and the referees judge input and output both scaled into ``view_size``, as a viewer of
+    a platform's lower rendition sees them.
 
     With ``pace`` frames are offered no faster than the clip's frame rate, as a live source
     would (the referee's own work between frames usually takes longer anyway).
@@ -674,6 +685,8 @@ def evaluate_clip(
         if out_rgb.shape != in_rgb.shape:
             prev = None
             return
+        if view_size is not None:
+            in_rgb, out_rgb = view_rgb(in_rgb, view_size), view_rgb(out_rgb, view_size)
         faces = tools.detector.detect(in_rgb)
         if faces:
             judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers)
@@ -972,7 +985,8 @@ def print_summary(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nmask_eval: processor={s['processor']} mode={s['mode']} clips={len(report['videos']['clips'])} "
           f"max_frames={s['max_frames']} ort_threads={s['ort_threads']}"
-          + (f" judged at {s['judge_size'][0]}x{s['judge_size'][1]} ('native' below means that size)" if s.get("judge_size") else ""))
+          + (f" judged at {s['judge_size'][0]}x{s['judge_size'][1]} ('native' below means that size)" if s.get("judge_size") else "")
+          + (f", viewed at {s['view_size'][0]}x{s['view_size'][1]} (input and output scaled there before judging)" if s.get("view_size") else ""))
     t = report["timing"]
     for label in ("native", "1280x720"):
         ts = t.get(label)
@@ -1044,6 +1058,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=None, help=f"frames per clip (default {DEFAULT_MAX_FRAMES}; 0 = all)")
     p.add_argument("--quick", action="store_true", help=f"{len(QUICK_CLIPS)} clips x {QUICK_FRAMES} frames (tests, smoke runs)")
     p.add_argument("--no-720p", action="store_true", help="skip the timing pass on frames resized to 1280x720")
+    p.add_argument("--view-size", default=None, metavar="WxH",
+                   help="mask at the clip's own size (or --judge-size), judge input and output scaled into WxH: a platform's lower rendition")
     p.add_argument("--judge-size", default=None, metavar="WxH",
                    help="judge every clip fitted into this size (letterboxed, as the 1280x720 pass) instead of its own size")
     p.add_argument("--no-pace", action="store_true", help="offer frames back to back instead of at most at the clip's frame rate")
@@ -1079,6 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
     max_frames = None if max_frames == 0 else max_frames
     clips = list_clips(eval_dir, names)
     judge_size = parse_size(args.judge_size) if args.judge_size else None
+    view_size = parse_size(args.view_size) if args.view_size else None
     config = pipeline_config(args.overrides)
     persona, persona_id = resolve_persona(args.persona, args.mode) if args.processor == "mask" else (None, None)
     make = processor_factory(args.processor, config, args.mode, persona, args.seed)
@@ -1096,7 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             r = evaluate_clip(path, make, tools, max_frames, bench_720p=not args.no_720p, expression=not args.no_expression,
-                              pace=not args.no_pace, judge_size=judge_size, lookahead=config.lookahead_frames)
+                              pace=not args.no_pace, judge_size=judge_size, lookahead=config.lookahead_frames,
+                              view_size=view_size)
         except (av.error.FFmpegError, ValueError) as exc:
             log(f"  {path.name}: skipped, cannot decode ({exc})")
             continue
@@ -1161,6 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
             "ort_threads": int(os.environ.get("HIKARIEDGE_ORT_THREADS", "1")), "cv2_threads": cv2.getNumThreads(),
             "pipeline_config": dataclasses.asdict(config), "bench_size": list(BENCH_SIZE),
             "judge_size": list(judge_size) if judge_size else None,
+            "view_size": list(view_size) if view_size else None,
             "warmup_frames_excluded": WARMUP_FRAMES, "paced_at_clip_fps": not args.no_pace, "leak_cosine": L.LEAK_COSINE,
             "unchanged_mean_abs_diff": L.UNCHANGED_MEAN_ABS_DIFF,
         },

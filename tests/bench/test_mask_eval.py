@@ -175,6 +175,18 @@ def test_clips_can_be_judged_at_another_size(eval_dir: Path, tools: M.Tools) -> 
             M.parse_size(bad)
 
 
+def test_clips_can_be_viewed_as_a_lower_rendition(eval_dir: Path, tools: M.Tools) -> None:
+    """--view-size: masked at the clip's own size, judged as a 360p rendition shows it: the
+    referees see the faces at the scaled size, in input and output alike."""
+    own = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.IdentityStandin, tools, 3, bench_720p=False, expression=False)
+    seen = M.evaluate_clip(_clip(eval_dir, "lp_d0"), M.IdentityStandin, tools, 3, bench_720p=False, expression=False, view_size=(320, 180))
+    assert (seen.width, seen.height) == (own.width, own.height) == (512, 512)  # the masker ran at the clip's size
+    assert seen.frames_with_face == 3 and seen.summary()["leak_rate"] == 1.0  # input and output scaled alike
+    ratio = np.median([f.size for f in seen.faces]) / np.median([f.size for f in own.faces])
+    assert ratio == pytest.approx(180 / 512, rel=0.15)  # 512x512 fitted into 320x180
+    assert all(70 - 1 <= f.box[0] and f.box[2] <= 250 + 1 for f in seen.faces)  # in the 180x180 picture, centred on black
+
+
 def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: M.Tools) -> None:
     crowd = M.evaluate_clip(_clip(eval_dir, "crowd_1080p"), M.IdentityStandin, tools, 4, bench_720p=False, expression=False)
     st = crowd.summary()["stranger_cosine"]
