@@ -98,6 +98,11 @@ class PipelineConfig:
     # style: there the flat ones leave the recognizer the hair and outline around them
     # (docs/benchmarks.md, "Anonymize mode in small streams"); 0 = never
     sculpted_anonymize_max_side: int = 400
+    # and in a larger stream, a face whose box is min_share to max_share of the shorter side: 72-187 px in the
+    # platform's 360p rendition, where flat faces leak the same way; a crowd's smaller faces and close-ups
+    # stay flat (docs/benchmarks.md, "Faces in a platform's 360p rendition"); min_share 0 = never
+    sculpted_anonymize_min_share: float = 0.2
+    sculpted_anonymize_max_share: float = 0.52
     max_yaw_deg: float = 40.0  # a head turned further than this (left or right) is covered, not swapped:
     # a frontal persona cannot cover a three-quarter face, and its live profile still identifies it
     hold_s: float = 1.0  # a lost face stays covered at its last place this long

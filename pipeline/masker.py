@@ -48,6 +48,7 @@ CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
+SHARE_HYSTERESIS = 0.8  # a face leaves the sculpted band only this far past its edge (x0.8 under, /0.8 over)
 
 
 class FaceMasker:
@@ -87,6 +88,10 @@ class FaceMasker:
             raise ValueError(f"pipeline.max_yaw_deg must be in 10..90 (90: never), got {config.max_yaw_deg!r}")
         if not config.smoothing_min_cutoff > 0.0:
             raise ValueError(f"pipeline.smoothing_min_cutoff must be above 0 Hz, got {config.smoothing_min_cutoff!r}")
+        if not 0.0 <= config.sculpted_anonymize_min_share <= config.sculpted_anonymize_max_share <= 1.0:
+            raise ValueError("pipeline.sculpted_anonymize_min_share and pipeline.sculpted_anonymize_max_share must be "
+                             f"0 <= min <= max <= 1 (min 0: never), got {config.sculpted_anonymize_min_share!r} "
+                             f"and {config.sculpted_anonymize_max_share!r}")
         for key in ("smoothing_beta", "smoothing_position_beta", "smoothing_feature_beta", "sculpted_anonymize_max_side"):
             if not getattr(config, key) >= 0.0:
                 raise ValueError(f"pipeline.{key} must be 0 or more, got {getattr(config, key)!r}")
@@ -106,7 +111,7 @@ class FaceMasker:
         self.frames = 0
         self.last_timings: dict[str, float] = {}
         self._seed = secrets.randbits(62) if seed is None else seed  # anonymize: per session, never stored
-        # throwaway personas by (face slot, for a small stream): see _ephemeral, _follow_stream_size
+        # throwaway personas by (face slot, sculpted): see _ephemeral, _follow_stream_size, _wears_sculpted
         self._personas: dict[tuple[int, bool], Persona] = {}
         self._painter = ThreadPoolExecutor(1, thread_name_prefix="persona-painter")
         self._painting: dict[tuple[int, bool], Future[Persona]] = {}
@@ -118,14 +123,17 @@ class FaceMasker:
         self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
         self._turned: set[int] = set()  # tracks covered because the head is turned away
+        self._in_band: set[int] = set()  # tracks whose throwaway face is sculpted in a large stream (_wears_sculpted)
         self.neutralize = neutralize
         self._last_output: tuple[av.VideoFrame, float] | None = None
         self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
         self._low_resolution = False  # the stream's shorter side is at most sculpted_anonymize_max_side
         self._size_known = False  # _follow_stream_size has seen a frame
         if mode in SWAP_MODES:
-            self._ephemeral(0, wait=True)  # the first face should not wait for its persona,
-            if config.sculpted_anonymize_max_side > 0:
+            self._ephemeral(0, False, wait=True)  # the first face should not wait for its persona,
+            if config.sculpted_anonymize_min_share > 0:
+                self._ephemeral(0, True, wait=True)  # nor a talking head's sculpted one (built off the event loop)
+            elif config.sculpted_anonymize_max_side > 0:
                 self._paint(0, True)  # nor in a small stream (the size is known at the first frame)
             for slot in (1, 2):
                 self._ephemeral(slot)  # and the next ones are painted in the background
@@ -192,6 +200,7 @@ class FaceMasker:
         self._last_rects = list(previous._last_rects)
         self._last_faces = list(previous._last_faces)
         self._turned = set(previous._turned)
+        self._in_band = set(previous._in_band)
         self._holder = previous._holder
         self.frames = previous.frames  # the scan's and the person mask's frame numbers go on
         # not the learnt face shapes: they are measured against the old persona's layout
@@ -215,13 +224,14 @@ class FaceMasker:
     def _ephemeral_seed(self, slot: int) -> int:
         return (self._seed + slot * 7919) % (2**63)
 
-    def _ephemeral(self, slot: int, wait: bool = False) -> Persona | None:
-        """The session's throwaway persona for a face slot; None while it is still being painted.
+    def _ephemeral(self, slot: int, sculpted: bool | None = None, wait: bool = False) -> Persona | None:
+        """The session's throwaway persona for a face slot, flat or sculpted (default: the
+        stream size's style); None while it is still being painted.
 
         Painting takes 15-100 ms, too long for the frame in which a new face appears: it runs
         on a helper thread and the face is covered meanwhile (``persona_pending``).
         """
-        key = (slot, self._low_resolution)
+        key = (slot, self._low_resolution if sculpted is None else sculpted)
         persona = self._personas.get(key)
         if persona is not None:
             return persona
@@ -232,31 +242,54 @@ class FaceMasker:
         del self._painting[key]
         return persona
 
-    def _paint(self, slot: int, low_resolution: bool) -> Future[Persona]:
+    def _paint(self, slot: int, sculpted: bool) -> Future[Persona]:
         from pipeline.procedural import ephemeral_persona
 
-        key = (slot, low_resolution)
+        key = (slot, sculpted)
         if key not in self._painting:
-            self._painting[key] = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot), low_resolution)
+            self._painting[key] = self._painter.submit(ephemeral_persona, self._ephemeral_seed(slot), sculpted)
         return self._painting[key]
 
     def _follow_stream_size(self, height: int, width: int) -> None:
         """Anonymized faces are painted in the style that suits the stream's size (see
         ``procedural.LOW_RESOLUTION_STYLE``). At the first frame, and whenever the size crosses
-        the line, the other style's faces are dropped and this one's painted in the background
-        (a small stream's first face has been painting since the masker was built); faces wait
-        covered."""
+        the line, faces of the style no longer used are dropped and this one's painted in the
+        background (a small stream's first face has been painting since the masker was built);
+        faces wait covered. A large stream keeps sculpted faces for its large faces
+        (``_wears_sculpted``)."""
         low = 0 < min(height, width) <= self.config.sculpted_anonymize_max_side
         if self.mode not in SWAP_MODES or (low == self._low_resolution and self._size_known):
             return
         self._size_known = True
         self._low_resolution = low
-        for key in [k for k in self._painting if k[1] != low]:
+        unused = {False} if low else (set() if self.config.sculpted_anonymize_min_share > 0 else {True})
+        for key in [k for k in self._painting if k[1] in unused]:
             self._painting.pop(key).cancel()
-        for key in [k for k in self._personas if k[1] != low]:
+        for key in [k for k in self._personas if k[1] in unused]:
             del self._personas[key]
         for slot in (0, 1, 2):
             self._ephemeral(slot)
+
+    def _wears_sculpted(self, track: Any, frame_hw: tuple[int, int]) -> bool:
+        """Whether a throwaway face is drawn in the sculpted style: every face in a small
+        stream, and in a larger one a face whose box is ``sculpted_anonymize_min_share`` to
+        ``_max_share`` of the shorter side, 72-187 px in a platform's 360p rendition. There a
+        flat face leaves the recognizer the creator's hair and outline; a crowd's smaller faces,
+        where the relief scores closer to the people under it, and close-ups, which flat faces
+        cover at that size too, stay flat (docs/benchmarks.md, "Faces in a platform's 360p
+        rendition"). With hysteresis, so a face near an edge does not switch between two looks."""
+        if self._low_resolution:
+            return True
+        low, high = float(self.config.sculpted_anonymize_min_share), float(self.config.sculpted_anonymize_max_share)
+        if low <= 0.0:
+            return False
+        share = track.size / max(min(frame_hw), 1)
+        if track.id in self._in_band:
+            if not low * SHARE_HYSTERESIS <= share < high / SHARE_HYSTERESIS:
+                self._in_band.discard(track.id)
+        elif low <= share < high:
+            self._in_band.add(track.id)
+        return track.id in self._in_band
 
     def _persona_holder(self) -> int | None:
         """Persona mode: the id of the track wearing the session's persona, the largest face.
@@ -442,6 +475,7 @@ class FaceMasker:
         live_ids = {tr.id for tr in tracker.tracks}
         self._shapes = {k: v for k, v in self._shapes.items() if k in live_ids}
         self._turned &= live_ids
+        self._in_band &= live_ids
         timings["landmarks"] += time.perf_counter() - t
 
         uncovered_heads: list[np.ndarray] = []
@@ -503,7 +537,10 @@ class FaceMasker:
             if self._is_turned(track):
                 cover_box(grow_box(track.box, HELD_MARGIN, (h, w)), "turned_face")
                 continue
-            persona = self.persona if track.id == holder and self.persona is not None else self._ephemeral(track.slot)
+            if track.id == holder and self.persona is not None:
+                persona = self.persona
+            else:
+                persona = self._ephemeral(track.slot, self._wears_sculpted(track, (h, w)))
             if persona is None:
                 cover_box(grow_box(track.box, 0.2, (h, w)), "persona_pending")
                 continue
