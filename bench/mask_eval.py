@@ -123,6 +123,11 @@ DEFINITIONS = {
         f"or above {L.LEAK_COSINE}. A masked face that leaks no more often than two strangers do is as far from the "
         "creator as another person is, by this recognizer at this size"
     ),
+    "stranger_cosine_under_40px": (
+        "the same floor for small faces: pairs of different people's input faces in one frame, both identifiable "
+        "and both under 40 px (where 'stranger_cosine' has none, e.g. a crowd viewed at 360p). Compare it with "
+        "'leak_rate_faces_under40px': the recognizer matches small strangers more often than large ones"
+    ),
     "unchanged": f"mean |output - input| over the input face box (0-255, all channels) < {L.UNCHANGED_MEAN_ABS_DIFF}",
     "unmasked_face": "leak OR unchanged",
     "unmasked_frame_share": "frames with at least one unmasked face / frames where the independent detector found a face",
@@ -358,12 +363,13 @@ def stream_aligned_cosines(
 
 def judge_faces(
     in_rgb: np.ndarray, out_rgb: np.ndarray, faces: list[L.Face], tools: Tools, *, expression: bool = True,
-    strangers: list[float] | None = None,
+    strangers: list[float] | None = None, small_strangers: list[float] | None = None,
 ) -> list[FaceResult]:
     """For each input face: identity cosine, box change, landmark error of the output vs the input.
 
     ``strangers``: if given, gets the cosine of every pair of different input faces in the
-    frame (both identifiable and >= 40 px): the recognizer's floor (DEFINITIONS['stranger_cosine']).
+    frame (both identifiable and >= 40 px): the recognizer's floor (DEFINITIONS['stranger_cosine']);
+    ``small_strangers`` the same for pairs both under 40 px.
     """
     if not faces:
         return []
@@ -389,9 +395,10 @@ def judge_faces(
                 stream_cosine=stream[i],
             )
         )
-    if strangers is not None:
-        ok = [i for i, r in enumerate(results) if r.identifiable and r.size >= 40]
-        strangers.extend(float(e_in[a] @ e_in[b]) for k, a in enumerate(ok) for b in ok[k + 1 :])
+    for pairs, large in ((strangers, True), (small_strangers, False)):
+        if pairs is not None:
+            ok = [i for i, r in enumerate(results) if r.identifiable and (r.size >= 40) == large]
+            pairs.extend(float(e_in[a] @ e_in[b]) for k, a in enumerate(ok) for b in ok[k + 1 :])
     return results
 
 
@@ -586,6 +593,7 @@ class ClipResult:
     faces: list[FaceResult] = field(default_factory=list)
     flicker: list[float] = field(default_factory=list)
     strangers: list[float] = field(default_factory=list)  # cosine of two different people's input faces
+    small_strangers: list[float] = field(default_factory=list)  # the same, both faces under 40 px
     counters: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # the processor's own counters (e.g. covered frames by reason)
     events_720p: dict[str, int] = field(default_factory=dict)  # the same, from the 1280x720 timing pass
@@ -600,6 +608,7 @@ class ClipResult:
             frames_with_unmasked_face=self.frames_with_unmasked_face,
             unmasked_frame_share=_share(self.frames_with_unmasked_face, self.frames_with_face),
             flicker_ratio=L.percentiles(self.flicker), stranger_cosine=stranger_summary(self.strangers),
+            stranger_cosine_under_40px=stranger_summary(self.small_strangers),
             errors=dict(self.counters), processor_events=dict(self.events),
             processor_events_1280x720=dict(self.events_720p),
             timing_native=self.timing.summary(),
@@ -628,6 +637,7 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
         "leak_faces": sum(f.leak for f in faces),
         "leak_rate": _share(sum(f.leak for f in ident), len(ident)),
         "leak_rate_faces_ge40px": _share(sum(f.leak for f in big), len(big)),
+        "leak_rate_faces_under40px": _share(sum(f.leak for f in ident if f.size < 40), sum(f.size < 40 for f in ident)),
         "unmasked_by_face_size": {
             label: {"faces": len(sel), "unmasked": sum(f.unmasked for f in sel), "unchanged": sum(f.unchanged for f in sel)}
             for label, sel in (
@@ -689,7 +699,8 @@ def evaluate_clip(
             in_rgb, out_rgb = view_rgb(in_rgb, view_size), view_rgb(out_rgb, view_size)
         faces = tools.detector.detect(in_rgb)
         if faces:
-            judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers)
+            judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers,
+                                 small_strangers=result.small_strangers)
             result.faces.extend(judged)
             result.frames_with_face += 1
             if any(f.unmasked for f in judged):
@@ -1036,6 +1047,11 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"strangers (two different people's input faces in one frame, {st['n']} pairs): cosine p50/p95/p99/max "
               f"{_fmt(st['p50'])}/{_fmt(st['p95'])}/{_fmt(st['p99'])}/{_fmt(st['max'])}, share at the leak line "
               f"{_fmt(st['share_at_leak'], '.4f')} (the masked faces' leak rate above: {_fmt(o['leak_rate'], '.4f')})")
+    st = o.get("stranger_cosine_under_40px") or {}
+    if st.get("n"):
+        print(f"strangers under 40 px ({st['n']} pairs): cosine p50/p95/p99/max {_fmt(st['p50'])}/{_fmt(st['p95'])}/"
+              f"{_fmt(st['p99'])}/{_fmt(st['max'])}, share at the leak line {_fmt(st['share_at_leak'], '.4f')} "
+              f"(the masked faces under 40 px: {_fmt(o.get('leak_rate_faces_under40px'), '.4f')})")
     if o.get("processor_events") or o.get("errors"):
         print(f"processor events: {o.get('processor_events') or {}}; bench-side errors: {o.get('errors') or {}}")
     if o.get("processor_events_1280x720"):
@@ -1138,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         frames_with_unmasked_face=frames_unmasked, unmasked_frame_share=_share(frames_unmasked, frames_face),
         flicker_ratio=L.percentiles([x for r in results for x in r.flicker]),
         stranger_cosine=stranger_summary([x for r in results for x in r.strangers]),
+        stranger_cosine_under_40px=stranger_summary([x for r in results for x in r.small_strangers]),
         leak_rate_per_clip={r.name: face_summary(r.faces)["leak_rate"] for r in results},
         errors={k: sum(r.counters.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.counters})},
         processor_events={k: sum(r.events.get(k, 0) for r in results) for k in sorted({k for r in results for k in r.events})},

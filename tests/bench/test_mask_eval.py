@@ -197,6 +197,21 @@ def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: 
     assert single.summary()["stranger_cosine"]["n"] == 0  # one person: no pairs
 
 
+def test_small_strangers_get_a_floor_of_their_own(eval_dir: Path, tools: M.Tools) -> None:
+    """Viewed at 360p the crowd's faces are mostly under 40 px: their pairs are counted apart,
+    so a leak rate of small faces can be set against strangers of the same size."""
+    seen = M.evaluate_clip(_clip(eval_dir, "crowd_1080p"), M.IdentityStandin, tools, 30, bench_720p=False,
+                           expression=False, view_size=(640, 360))
+    s = seen.summary()
+    small, large = s["stranger_cosine_under_40px"], s["stranger_cosine"]
+    ident = [f for f in seen.faces if f.identifiable]
+    n_small, n_large = sum(f.size < 40 for f in ident), sum(f.size >= 40 for f in ident)
+    assert n_small >= 2 and small["n"] >= 1, "a 360p crowd has identifiable faces under 40 px"
+    assert small["n"] <= n_small * (n_small - 1) // 2 and large["n"] <= max(n_large * (n_large - 1) // 2, 0)
+    assert small["max"] < 0.9, "two different people must not embed as one"
+    assert s["leak_rate_faces_under40px"] == 1.0  # the identity stand-in leaks every face
+
+
 def test_standins_track_no_faces_on_the_photos(eval_dir: Path, tools: M.Tools) -> None:
     images = M.evaluate_images(eval_dir, tools, M.IdentityStandin, 640)
     assert images["pipeline_face_recall"]["recall"] == 0.0  # a processor without a tracker found nothing
