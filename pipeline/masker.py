@@ -92,7 +92,8 @@ class FaceMasker:
             raise ValueError("pipeline.sculpted_anonymize_min_share and pipeline.sculpted_anonymize_max_share must be "
                              f"0 <= min <= max <= 1 (min 0: never), got {config.sculpted_anonymize_min_share!r} "
                              f"and {config.sculpted_anonymize_max_share!r}")
-        for key in ("smoothing_beta", "smoothing_position_beta", "smoothing_feature_beta", "sculpted_anonymize_max_side"):
+        for key in ("smoothing_beta", "smoothing_position_beta", "smoothing_feature_beta", "sculpted_anonymize_max_side",
+                    "smallest_rendition"):
             if not getattr(config, key) >= 0.0:
                 raise ValueError(f"pipeline.{key} must be 0 or more, got {getattr(config, key)!r}")
         self.swapper = swapper
@@ -124,6 +125,7 @@ class FaceMasker:
         self._shapes: dict[int, NeutralShape] = {}
         self._turned: set[int] = set()  # tracks covered because the head is turned away
         self._in_band: set[int] = set()  # tracks whose throwaway face is sculpted in a large stream (_wears_sculpted)
+        self._small: set[int] = set()  # tracks covered for their size (_too_small)
         self.neutralize = neutralize
         self._last_output: tuple[av.VideoFrame, float] | None = None
         self._rgb_buffer: np.ndarray | None = None  # reused frame to frame (LazyRgb)
@@ -201,6 +203,7 @@ class FaceMasker:
         self._last_faces = list(previous._last_faces)
         self._turned = set(previous._turned)
         self._in_band = set(previous._in_band)
+        self._small = set(previous._small)
         self._holder = previous._holder
         self.frames = previous.frames  # the scan's and the person mask's frame numbers go on
         # not the learnt face shapes: they are measured against the old persona's layout
@@ -290,6 +293,24 @@ class FaceMasker:
         elif low <= share < high:
             self._in_band.add(track.id)
         return track.id in self._in_band
+
+    def _too_small(self, track: Any, frame_hw: tuple[int, int]) -> bool:
+        """Whether a face is covered instead of swapped for its size: under ``min_face_px`` in
+        the stream, or in the smallest rendition viewers may watch (``smallest_rendition``, the
+        shorter side; a 1080p stream's faces under 120 px, a 720p one's under 80). There a
+        throwaway face is a few pixels of shading inside the person's own hair and outline, and
+        the recognizer matches it to them more often than it matches two strangers; a cover
+        does not (docs/benchmarks.md, "Small faces in a 360p rendition"). Fail closed: a face
+        covered for its size is swapped again only once it is 1/0.8 of the line."""
+        line = float(self.config.min_face_px)
+        if self.config.smallest_rendition > 0:
+            line *= max(1.0, min(frame_hw) / self.config.smallest_rendition)
+        if track.id in self._small:
+            if track.size >= line / SHARE_HYSTERESIS:
+                self._small.discard(track.id)
+        elif track.size < line:
+            self._small.add(track.id)
+        return track.id in self._small
 
     def _persona_holder(self) -> int | None:
         """Persona mode: the id of the track wearing the session's persona, the largest face.
@@ -476,6 +497,7 @@ class FaceMasker:
         self._shapes = {k: v for k, v in self._shapes.items() if k in live_ids}
         self._turned &= live_ids
         self._in_band &= live_ids
+        self._small &= live_ids
         timings["landmarks"] += time.perf_counter() - t
 
         uncovered_heads: list[np.ndarray] = []
@@ -531,7 +553,7 @@ class FaceMasker:
             if self.mode in COVER_MODES:
                 cover_box(grow_box(track.box, 0.2, (h, w)), None)  # the session's chosen style
                 continue
-            if track.size < cfg.min_face_px or track.landmarks is None:
+            if track.landmarks is None or self._too_small(track, (h, w)):
                 cover_box(grow_box(track.box, 0.2, (h, w)), "small_face")
                 continue
             if self._is_turned(track):

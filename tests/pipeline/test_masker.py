@@ -705,6 +705,7 @@ def test_persona_shape_sets_how_far_the_features_move(backend, face_frames, shap
         ("smoothing_feature_beta", float("nan")), ("sculpted_anonymize_max_side", -1),
         ("sculpted_anonymize_min_share", -0.1), ("sculpted_anonymize_max_share", 1.5),
         ("sculpted_anonymize_min_share", 0.6),  # above the default max_share
+        ("smallest_rendition", -1),
     ],
 )
 def test_out_of_range_knobs_are_refused(backend, key, value):
@@ -914,6 +915,48 @@ def test_a_face_near_an_edge_of_the_band_keeps_its_style(backend):
         assert styles(off, (144, 250, 360)) == [False, False, False]
     finally:
         off.close()
+
+
+def test_a_face_small_in_a_360p_rendition_is_covered_not_swapped(backend, face_frames, face_boxes):
+    """A 720p stream's face of about 70 px is 35 px in a platform's 360p rendition: it is
+    covered (``small_face``), not swapped, and the output shows no trace of the real face.
+    With ``smallest_rendition: 0`` only the stream's own size counts and it is swapped."""
+    frames = [_shrunk_on_canvas(f, 4) for f in face_frames[:4]]
+    boxes = [_shrunk_box(b, f, 4) for b, f in zip(face_boxes[:4], face_frames)]
+    side = float(np.max(boxes[0][2:] - boxes[0][:2]))
+    assert 40 < side < 80, side
+    for rendition, covered in ((360, True), (0, False)):
+        swapper = _RecordingSwapper()
+        masker = FaceMasker(_config(smallest_rendition=rendition), mode="anonymize", backend=backend, swapper=swapper, seed=7)
+        try:
+            _first_sculpted_painted(masker)
+            _run(masker, frames, boxes, f"a 70 px face, smallest_rendition {rendition}")
+            assert (masker.events["small_face"] >= 3) == covered, masker.events
+            assert bool(swapper.calls) != covered
+        finally:
+            masker.close()
+
+
+def test_the_size_line_follows_the_smallest_rendition_and_fails_closed(backend):
+    """The line is min_face_px in the smallest rendition (120 px in 1080p, 40 px in a stream
+    no larger than 360p); a face covered for its size is swapped again only at 1/0.8 of it,
+    so a face hovering at the line does not flicker between a cover and a face."""
+    from types import SimpleNamespace
+
+    def small(masker: FaceMasker, hw: tuple[int, int], sides: tuple[int, ...]) -> list[bool]:
+        return [masker._too_small(SimpleNamespace(id=1, size=float(s)), hw) for s in sides]  # noqa: SLF001
+
+    masker = FaceMasker(_config(), mode="anonymize", backend=backend, seed=7)
+    try:  # 1080p: covered under 120 px, swapped again from 150
+        assert small(masker, (1080, 1920), (130, 119, 130, 149, 150, 121)) == [False, True, True, True, False, False]
+    finally:
+        masker.close()
+    for rendition, hw in ((360, (360, 640)), (360, (240, 426)), (0, (1080, 1920))):
+        masker = FaceMasker(_config(smallest_rendition=rendition), mode="anonymize", backend=backend, seed=7)
+        try:  # the stream's own min_face_px: 40 px (back at 50)
+            assert small(masker, hw, (41, 39, 45, 50, 41)) == [False, True, True, False, False]
+        finally:
+            masker.close()
 
 
 def test_a_live_face_switch_carries_the_faces_over(backend, face_frames, face_boxes):
