@@ -48,7 +48,18 @@ CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
-SHARE_HYSTERESIS = 0.8  # a face leaves the sculpted band only this far past its edge (x0.8 under, /0.8 over)
+SHARE_HYSTERESIS = 0.8  # a face leaves the sculpted band, or its cover for size, only this far past the line
+
+
+def latch(members: set[int], track_id: int, *, enter: bool, stay: bool) -> bool:
+    """Hysteresis over a set of track ids: a track joins when ``enter`` holds and leaves only
+    when ``stay`` no longer does, so a face near a line does not flip looks frame to frame."""
+    if track_id in members:
+        if not stay:
+            members.discard(track_id)
+    elif enter:
+        members.add(track_id)
+    return track_id in members
 
 
 class FaceMasker:
@@ -287,12 +298,8 @@ class FaceMasker:
         if low <= 0.0:
             return False
         share = track.size / max(min(frame_hw), 1)
-        if track.id in self._in_band:
-            if not low * SHARE_HYSTERESIS <= share < high / SHARE_HYSTERESIS:
-                self._in_band.discard(track.id)
-        elif low <= share < high:
-            self._in_band.add(track.id)
-        return track.id in self._in_band
+        return latch(self._in_band, track.id, enter=low <= share < high,
+                     stay=low * SHARE_HYSTERESIS <= share < high / SHARE_HYSTERESIS)
 
     def _too_small(self, track: Any, frame_hw: tuple[int, int]) -> bool:
         """Whether a face is covered instead of swapped for its size: under ``min_face_px`` in
@@ -305,12 +312,7 @@ class FaceMasker:
         line = float(self.config.min_face_px)
         if self.config.smallest_rendition > 0:
             line *= max(1.0, min(frame_hw) / self.config.smallest_rendition)
-        if track.id in self._small:
-            if track.size >= line / SHARE_HYSTERESIS:
-                self._small.discard(track.id)
-        elif track.size < line:
-            self._small.add(track.id)
-        return track.id in self._small
+        return latch(self._small, track.id, enter=track.size < line, stay=track.size < line / SHARE_HYSTERESIS)
 
     def _persona_holder(self) -> int | None:
         """Persona mode: the id of the track wearing the session's persona, the largest face.
@@ -336,12 +338,7 @@ class FaceMasker:
         if limit >= 90.0:
             return False
         yaw = abs(yaw_degrees(track.landmarks))
-        if track.id in self._turned:
-            if yaw < limit - YAW_HYSTERESIS_DEG:
-                self._turned.discard(track.id)
-        elif yaw > limit:
-            self._turned.add(track.id)
-        return track.id in self._turned
+        return latch(self._turned, track.id, enter=yaw > limit, stay=yaw >= limit - YAW_HYSTERESIS_DEG)
 
     def _scan_boxes(self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
         """Each region to scan as (even frame box, its size at the detector's scale): grown
