@@ -62,6 +62,21 @@ def latch(members: set[int], track_id: int, *, enter: bool, stay: bool) -> bool:
     return track_id in members
 
 
+def rendition_scale(frame_hw: tuple[int, int], rendition: int) -> float:
+    """How much a platform's ``rendition`` (e.g. 360 for "360p"; 0 = none) shrinks a stream of
+    ``frame_hw``: the stream fitted into a 16:9 box that many px tall, never enlarged.
+
+    Platforms that name renditions by their height show a portrait stream that tall (a
+    480x908 stream's 360p is 190x360), and an ultra-wide one is bounded by the box's width;
+    platforms that count the shorter side show portrait streams larger. The smaller of the
+    two is taken, so the size rule fails closed (``bench/mask_eval.py --view-size`` fits the
+    same way)."""
+    if rendition <= 0:
+        return 1.0
+    h, w = frame_hw
+    return min(1.0, rendition / max(h, 1), rendition * 16 / 9 / max(w, 1))
+
+
 class FaceMasker:
     """Replaces or covers every face; never returns an unmasked frame (see pipeline/guard.py)."""
 
@@ -303,15 +318,13 @@ class FaceMasker:
 
     def _too_small(self, track: Any, frame_hw: tuple[int, int]) -> bool:
         """Whether a face is covered instead of swapped for its size: under ``min_face_px`` in
-        the stream, or in the smallest rendition viewers may watch (``smallest_rendition``, the
-        shorter side; a 1080p stream's faces under 120 px, a 720p one's under 80). There a
-        throwaway face is a few pixels of shading inside the person's own hair and outline, and
-        the recognizer matches it to them more often than it matches two strangers; a cover
-        does not (docs/benchmarks.md, "Small faces in a 360p rendition"). Fail closed: a face
-        covered for its size is swapped again only once it is 1/0.8 of the line."""
-        line = float(self.config.min_face_px)
-        if self.config.smallest_rendition > 0:
-            line *= max(1.0, min(frame_hw) / self.config.smallest_rendition)
+        the stream, or in the smallest rendition viewers may watch (``rendition_scale``; a
+        1080p stream's faces under 120 px, a 720p one's under 80). There a throwaway face is a
+        few pixels of shading inside the person's own hair and outline, and the recognizer
+        matches it to them more often than it matches two strangers; a cover does not
+        (docs/benchmarks.md, "Small faces in a 360p rendition"). Fail closed: a face covered
+        for its size is swapped again only once it is 1/0.8 of the line."""
+        line = float(self.config.min_face_px) / rendition_scale(frame_hw, self.config.smallest_rendition)
         return latch(self._small, track.id, enter=track.size < line, stay=track.size < line / SHARE_HYSTERESIS)
 
     def _persona_holder(self) -> int | None:

@@ -957,6 +957,24 @@ def test_the_size_line_follows_the_smallest_rendition_and_fails_closed(backend):
             assert small(masker, hw, (41, 39, 45, 50, 41)) == [False, True, True, False, False]
         finally:
             masker.close()
+    masker = FaceMasker(_config(), mode="anonymize", backend=backend, seed=7)
+    try:  # a portrait 480x908 stream's 360p is 190x360: its line is 40 * 908 / 360 = 101 px, not 53
+        assert small(masker, (908, 480), (102, 100, 60)) == [False, True, True]
+    finally:
+        masker.close()
+
+
+def test_a_rendition_is_the_stream_fitted_into_a_16_9_box_of_its_height():
+    """Landscape streams shrink by their height, portrait ones too (as height-named renditions
+    show them), ultra-wide ones by the box's width; a rendition never enlarges a stream."""
+    from pipeline.masker import rendition_scale
+
+    assert rendition_scale((1080, 1920), 360) == pytest.approx(1 / 3)
+    assert rendition_scale((720, 1280), 160) == pytest.approx(160 / 720)
+    assert rendition_scale((908, 480), 360) == pytest.approx(360 / 908)
+    assert rendition_scale((720, 2560), 360) == pytest.approx(640 / 2560)
+    assert rendition_scale((240, 426), 360) == 1.0
+    assert rendition_scale((1080, 1920), 0) == 1.0
 
 
 def test_a_live_face_switch_carries_the_faces_over(backend, face_frames, face_boxes):
