@@ -94,9 +94,10 @@ class PipelineConfig:
     # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a
     # persona is a few pixels of shading that a recognizer reads as any face, the input included
     min_face_px: int = 40
-    # the shorter side of the smallest rendition the audience may watch (a platform's 360p): min_face_px holds
-    # there too, so a 1080p stream covers faces under 120 px (docs/benchmarks.md, "Small faces in a 360p
-    # rendition"); 0 = only the stream's own size counts
+    # the height of the smallest rendition the audience may watch (a platform's 360p; the stream fitted into a
+    # 16:9 box that tall, pipeline.masker.rendition_scale): min_face_px holds there too, so a 1080p stream covers
+    # faces under 120 px (docs/benchmarks.md, "Small faces in a 360p rendition"; 160 for Twitch's 160p, "The size
+    # cover, measured further"); 0 = only the stream's own size counts
     smallest_rendition: int = 360
     # anonymized faces in a stream whose shorter side is this many px or less are drawn in the sculpted
     # style: there the flat ones leave the recognizer the hair and outline around them
