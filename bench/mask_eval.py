@@ -20,6 +20,7 @@ clips and photos, and measures, against referees that are not the pipeline's own
     .venv/bin/python bench/mask_eval.py --quick               # 2 clips x 30 frames
     .venv/bin/python bench/mask_eval.py --judge-size 1280x720 # judge the clips as a 720p stream shows them
     .venv/bin/python bench/mask_eval.py --view-size 640x360   # masked at their own size, judged as a 360p rendition
+    .venv/bin/python bench/mask_eval.py --view-side 360       # the same, each clip scaled to a shorter side of 360
     .venv/bin/python bench/mask_eval.py --processor identity-standin --sheet none
 
 The evaluation media is read in place (``--eval-dir``, default ``<repo>/../shared/eval``)
@@ -505,6 +506,14 @@ def view_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return fit_frame(frame, size).to_ndarray(format="rgb24")
 
 
+def side_view_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The (w, h) of a rendition named by its shorter side (YouTube calls a 1080x1920 upload's
+    360x640 rendition "360p"), even sides, never above the picture's own size. ``--view-size``
+    fits into a box instead (height-named renditions: a portrait clip shrinks by its height)."""
+    s = min(1.0, side / min(width, height))
+    return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+
+
 def iter_frames(path: Path, max_frames: int | None, size: tuple[int, int] | None = None) -> Iterator[av.VideoFrame]:
     """Decoded frames as the runtime hands them over (yuv420p), optionally fitted into ``size`` (w, h)."""
     with av.open(str(path)) as container:
@@ -668,12 +677,13 @@ def face_summary(faces: list[FaceResult]) -> dict[str, Any]:
 def evaluate_clip(
     path: Path, make_processor: Callable[[], Any], tools: Tools, max_frames: int | None, *,
     bench_720p: bool = True, expression: bool = True, pace: bool = True, judge_size: tuple[int, int] | None = None,
-    lookahead: int = 0, view_size: tuple[int, int] | None = None,
+    lookahead: int = 0, view_size: tuple[int, int] | None = None, view_side: int | None = None,
 ) -> ClipResult:
     """Quality metrics at the clip's own size (or fitted into ``judge_size``), and timing,
     then a timing-only pass at 1280x720. With ``view_size`` the masker runs as above
     and the referees judge input and output both scaled into ``view_size``, as a viewer of
-    a platform's lower rendition sees them.
+    a platform's lower rendition sees them; ``view_side`` does the same with each frame
+    scaled to that shorter side (``side_view_size``).
 
     With ``pace`` frames are offered no faster than the clip's frame rate, as a live source
     would (the referee's own work between frames usually takes longer anyway).
@@ -695,8 +705,9 @@ def evaluate_clip(
         if out_rgb.shape != in_rgb.shape:
             prev = None
             return
-        if view_size is not None:
-            in_rgb, out_rgb = view_rgb(in_rgb, view_size), view_rgb(out_rgb, view_size)
+        size = view_size or (side_view_size(in_rgb.shape[1], in_rgb.shape[0], view_side) if view_side else None)
+        if size is not None:
+            in_rgb, out_rgb = view_rgb(in_rgb, size), view_rgb(out_rgb, size)
         faces = tools.detector.detect(in_rgb)
         if faces:
             judged = judge_faces(in_rgb, out_rgb, faces, tools, expression=expression, strangers=result.strangers,
@@ -997,7 +1008,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"\nmask_eval: processor={s['processor']} mode={s['mode']} clips={len(report['videos']['clips'])} "
           f"max_frames={s['max_frames']} ort_threads={s['ort_threads']}"
           + (f" judged at {s['judge_size'][0]}x{s['judge_size'][1]} ('native' below means that size)" if s.get("judge_size") else "")
-          + (f", viewed at {s['view_size'][0]}x{s['view_size'][1]} (input and output scaled there before judging)" if s.get("view_size") else ""))
+          + (f", viewed at {s['view_size'][0]}x{s['view_size'][1]} (input and output scaled there before judging)" if s.get("view_size") else "")
+          + (f", viewed at a shorter side of {s['view_side']} px (input and output scaled there before judging)" if s.get("view_side") else ""))
     t = report["timing"]
     for label in ("native", "1280x720"):
         ts = t.get(label)
@@ -1076,6 +1088,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-720p", action="store_true", help="skip the timing pass on frames resized to 1280x720")
     p.add_argument("--view-size", default=None, metavar="WxH",
                    help="mask at the clip's own size (or --judge-size), judge input and output scaled into WxH: a platform's lower rendition")
+    p.add_argument("--view-side", type=int, default=None, metavar="N",
+                   help="as --view-size, but each clip scaled to this shorter side (renditions named by the shorter side, as YouTube names portrait ones)")
     p.add_argument("--judge-size", default=None, metavar="WxH",
                    help="judge every clip fitted into this size (letterboxed, as the 1280x720 pass) instead of its own size")
     p.add_argument("--no-pace", action="store_true", help="offer frames back to back instead of at most at the clip's frame rate")
@@ -1088,7 +1102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs-sheet", default=DEFAULT_DOCS_SHEET, help=f"output-only sheet for the docs (default {DEFAULT_DOCS_SHEET}; 'none' to skip)")
     p.add_argument("--sheet-clips", type=int, default=8)
     p.add_argument("--quiet", action="store_true", help="no per-clip progress lines")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.view_side is not None and (args.view_size is not None or args.view_side < 16):
+        p.error("--view-side takes a shorter side of 16 px or more, and not with --view-size")
+    return args
 
 
 def _repo_path(p: str) -> Path:
@@ -1130,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = evaluate_clip(path, make, tools, max_frames, bench_720p=not args.no_720p, expression=not args.no_expression,
                               pace=not args.no_pace, judge_size=judge_size, lookahead=config.lookahead_frames,
-                              view_size=view_size)
+                              view_size=view_size, view_side=args.view_side)
         except (av.error.FFmpegError, ValueError) as exc:
             log(f"  {path.name}: skipped, cannot decode ({exc})")
             continue
@@ -1197,6 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_config": dataclasses.asdict(config), "bench_size": list(BENCH_SIZE),
             "judge_size": list(judge_size) if judge_size else None,
             "view_size": list(view_size) if view_size else None,
+            "view_side": args.view_side,
             "warmup_frames_excluded": WARMUP_FRAMES, "paced_at_clip_fps": not args.no_pace, "leak_cosine": L.LEAK_COSINE,
             "unchanged_mean_abs_diff": L.UNCHANGED_MEAN_ABS_DIFF,
         },

@@ -187,6 +187,29 @@ def test_clips_can_be_viewed_as_a_lower_rendition(eval_dir: Path, tools: M.Tools
     assert all(70 - 1 <= f.box[0] and f.box[2] <= 250 + 1 for f in seen.faces)  # in the 180x180 picture, centred on black
 
 
+def test_a_rendition_named_by_its_shorter_side() -> None:
+    assert M.side_view_size(1920, 1080, 360) == (640, 360)
+    assert M.side_view_size(480, 908, 160) == (160, 302)  # portrait: the shorter side is the width
+    assert M.side_view_size(512, 512, 180) == (180, 180)
+    assert M.side_view_size(320, 180, 360) == (320, 180)  # never above the picture's own size
+    with pytest.raises(SystemExit):
+        M.parse_args(["--view-side", "360", "--view-size", "640x360"])
+    with pytest.raises(SystemExit):
+        M.parse_args(["--view-side", "8"])
+
+
+def test_clips_can_be_viewed_at_a_shorter_side(eval_dir: Path, tools: M.Tools) -> None:
+    """--view-side: a portrait clip judged at a shorter side of 160 px keeps 1.9x the face size
+    it has fitted into a 160 px tall box (--view-size 284x160)."""
+    clip = _clip(eval_dir, "lp_s20")
+    by_side = M.evaluate_clip(clip, M.IdentityStandin, tools, 2, bench_720p=False, expression=False, view_side=160)
+    in_box = M.evaluate_clip(clip, M.IdentityStandin, tools, 2, bench_720p=False, expression=False, view_size=(284, 160))
+    assert (by_side.width, by_side.height) == (480, 908)  # the masker ran at the clip's size
+    assert by_side.frames_with_face == 2 and by_side.summary()["leak_rate"] == 1.0
+    ratio = np.median([f.size for f in by_side.faces]) / np.median([f.size for f in in_box.faces])
+    assert ratio == pytest.approx(908 / 480, rel=0.15)
+
+
 def test_strangers_in_one_frame_set_the_recognizer_floor(eval_dir: Path, tools: M.Tools) -> None:
     crowd = M.evaluate_clip(_clip(eval_dir, "crowd_1080p"), M.IdentityStandin, tools, 4, bench_720p=False, expression=False)
     st = crowd.summary()["stranger_cosine"]
