@@ -89,6 +89,9 @@ class PipelineConfig:
     parallel_detect: bool = False  # detector on its own thread beside the landmarks: p95 0.85-0.91x, but the
     # node's CPU per stream rose in the relay bench (docs/benchmarks.md); off until that is understood
     detect_score: float = 0.5  # YuNet confidence to accept a face (lower = fewer misses, more false covers)
+    # candidates from this score up to detect_score are near misses: the detector looks there again on the next
+    # frame, changed or not, so a face coming into view is found a frame sooner (docs/benchmarks.md); 0 = off
+    near_miss_score: float = 0.3
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     persona_shape: float = 1.0  # how far the persona's own proportions replace the creator's (0..1)
     # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a

@@ -2,7 +2,8 @@
 
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
 tracked or a face is held; the whole frame at least every ``full_detect_every`` frames,
-in between only where the picture changed, ``pipeline/scan.py``; with ``parallel_detect``
+in between only where the picture changed, ``pipeline/scan.py``, and where its last run saw
+a near miss, on the next frame; with ``parallel_detect``
 on its own thread, beside the landmarks of the faces already tracked) -> landmarks for each tracked face (crop from
 its previous landmarks; a new face's from its detection) -> One Euro smoothing ->
 person segmentation -> swap each face with its persona (or cover it, in blur/pixelate
@@ -45,6 +46,7 @@ HELD_MARGIN = 0.3  # a lost face is covered this much bigger than its last box
 SCAN_LUMA_WIDTH = 256  # the change scanner's luma (blocks of 40x40 px at 1280x720, as guard rule 4's)
 CONFIRM_GROW = 0.5  # a partial scan's new face is looked at again in its box grown this much on every side ...
 CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
+NEAR_MISS_IOU = 0.3  # a near miss overlapping one of the run before this much is the same one, not new
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
@@ -108,6 +110,8 @@ class FaceMasker:
             if not 1.0 <= config.face_grow <= 1.5:
                 raise ValueError(f"pipeline.face_grow must be in 1.0..1.5, got {config.face_grow!r}")
             swapper = MeshSwapper(grow=config.face_grow)
+        if not 0.0 <= config.near_miss_score <= config.detect_score:
+            raise ValueError(f"pipeline.near_miss_score must be in 0..detect_score (0: off), got {config.near_miss_score!r}")
         if not 0.0 <= config.persona_shape <= 1.0:
             raise ValueError(f"pipeline.persona_shape must be in 0..1, got {config.persona_shape!r}")
         if not 10.0 <= config.max_yaw_deg <= 90.0:
@@ -146,6 +150,10 @@ class FaceMasker:
         self._detected_once = False
         self._scanner = ChangeScanner(config.full_detect_every)
         self._faceless_heads: list[np.ndarray] = []  # the person rule's covers on the last segmented frame
+        # the detector's candidates just under its line on its last run: looked at again on its next
+        # run, changed or not, and a new one brings that run forward to the next frame (_near_misses_of)
+        self._near_misses: list[np.ndarray] = []
+        self._near_miss_new = False
         self._holder: int | None = None
         self._last_mask: tuple[PersonMask, int, np.ndarray] | None = None  # mask, frame number, its luma
         self._shapes: dict[int, NeutralShape] = {}
@@ -223,6 +231,8 @@ class FaceMasker:
         self._scanner = previous._scanner
         self._detected_once = previous._detected_once
         self._faceless_heads = list(previous._faceless_heads)
+        self._near_misses = list(previous._near_misses)
+        self._near_miss_new = previous._near_miss_new
         self._last_mask = previous._last_mask
         self._last_output = previous._last_output
         self._last_rects = list(previous._last_rects)
@@ -374,24 +384,35 @@ class FaceMasker:
             out.append(((bx0, by0, bx1, by1), (cx1 - cx0, cy1 - cy0)))
         return out
 
-    def _detect_crop(self, crop: np.ndarray, box: tuple[int, int, int, int], tracked: list[np.ndarray]) -> list[FaceDetection]:
+    def _detect_crop(
+        self, crop: np.ndarray, box: tuple[int, int, int, int], tracked: list[np.ndarray], min_score: float | None = None
+    ) -> list[FaceDetection]:
         """Faces in ``crop`` (the frame's ``box`` at the detector's scale), in frame px, less
         those that are mostly a tracked face (a crop's edge can cut one: not a new face)."""
         x0, y0, x1, y1 = box
         shift = np.array([x0, y0, x0, y0], np.float32)
         found = [
             FaceDetection(d.box + shift, d.score, d.keypoints + shift[:2])
-            for d in self.backend.detector.detect(crop, (y1 - y0, x1 - x0))
+            for d in self.backend.detector.detect(crop, (y1 - y0, x1 - x0), min_score)
         ]
         return [d for d in found if not any(inside_share(d.box, t) >= 0.5 for t in tracked)]
 
-    def _confirmed(self, img: LazyRgb | FullRgb, found: list[FaceDetection], tracked: list[np.ndarray], frame_hw: tuple[int, int]) -> list[FaceDetection]:
+    def _confirmed(
+        self, img: LazyRgb | FullRgb, found: list[FaceDetection], tracked: list[np.ndarray], frame_hw: tuple[int, int],
+        near_misses: list[np.ndarray] | None = None,
+    ) -> list[FaceDetection]:
         """A face a partial scan found, looked at again with its surroundings: kept (as the
         second look saw it) only if the detector finds it there again. A crop's edge can
         cut a tracked face into something new-looking, and a crop without context can make
-        a face of the background: neither is one a whole-frame pass would report."""
+        a face of the background: neither is one a whole-frame pass would report. A face
+        where the run before saw a near miss (``near_misses``) is kept as found: the detector
+        saw it there already, and the second look's small crop can lose a small face (a
+        57 px face in crowd_1080p, found at 0.71 and lost in its 64x64 crop)."""
         kept = []
         for d in found:
+            if any(iou(d.box, b) >= NEAR_MISS_IOU for b in near_misses or ()):
+                kept.append(d)
+                continue
             region = tuple(int(v) for v in grow_box(d.box, CONFIRM_GROW, frame_hw))
             for box, (cw, ch) in self._scan_boxes((region,), frame_hw):
                 again = self._detect_crop(img.scaled(cw, ch, box=box), box, tracked)
@@ -399,6 +420,26 @@ class FaceMasker:
                 if best is not None and iou(best.box, d.box) >= CONFIRM_IOU:
                     kept.append(best)
         return kept
+
+    def _near_miss_floor(self) -> tuple[float | None, float]:
+        """(the score the detector is asked to report down to, or None; the line for a face)."""
+        line = float(getattr(self.backend.detector, "score_threshold", self.config.detect_score))
+        floor = self.config.near_miss_score
+        return (floor if 0.0 < floor < line else None), line
+
+    def _near_misses_of(self, found: list[FaceDetection], line: float, tracked: list[np.ndarray]) -> list[FaceDetection]:
+        """Keep the faces of ``found`` (at ``line`` and up) and note the rest as near misses:
+        candidates the detector scored just under its line, apart from the faces tracked or
+        found. A face coming into view (from behind a pole, out of a turn) scores so on the
+        frame before it is found; looked at again on the next frame, changed or not, it is
+        found a frame sooner, while the lookahead can still cover the frame it was missed on
+        (guard rule: a face found a frame late)."""
+        faces = [d for d in found if d.score >= line]
+        known = tracked + [d.box for d in faces]
+        near = [d.box for d in found if d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)]
+        self._near_miss_new = any(all(iou(b, old) < NEAR_MISS_IOU for old in self._near_misses) for b in near)
+        self._near_misses = near
+        return faces
 
     def _frame_time(self, frame: av.VideoFrame) -> float:
         """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
@@ -426,7 +467,7 @@ class FaceMasker:
         timings["convert"] = time.perf_counter() - t
 
         tracker = self.tracker
-        detected = self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection()
+        detected = self.frames % max(1, cfg.detect_every) == 0 or tracker.needs_detection() or self._near_miss_new
         self.frames += 1
 
         detector = self.backend.detector
@@ -448,7 +489,7 @@ class FaceMasker:
             tracked = [tr.box for tr in tracker.tracks]
             # lost faces, and heads the person rule covered on the last segmented frame: a
             # face the detector missed there is looked for on every run, changed or not
-            revisit = [hf.box for hf in tracker.held] + self._faceless_heads
+            revisit = [hf.box for hf in tracker.held] + self._faceless_heads + self._near_misses
             plan = self._scanner.plan(luma(*scan_wh), tracked, revisit, (h, w), self.frames - 1)
             # made from the planes, so before or after any stage writes into rgb alike
             if plan.full:
@@ -459,11 +500,13 @@ class FaceMasker:
 
         def detect() -> tuple[list, float]:
             t0 = time.perf_counter()
+            floor, line = self._near_miss_floor()
             if plan.full:
-                found = detector.detect(small, (h, w))
+                found = self._near_misses_of(detector.detect(small, (h, w), floor), line, tracked)
             else:
-                found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked)]
-                found = self._confirmed(img, found, tracked, (h, w))
+                found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked, floor)]
+                before = self._near_misses
+                found = self._confirmed(img, self._near_misses_of(found, line, tracked), tracked, (h, w), before)
             return found, time.perf_counter() - t0
 
         def follow(tracks: list) -> float:

@@ -21,11 +21,15 @@ class FaceDetectorStage(Protocol):
         """(width, height) at which the detector looks at a frame of this size."""
         ...
 
-    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None) -> list[FaceDetection]:
+    def detect(
+        self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None, min_score: float | None = None
+    ) -> list[FaceDetection]:
         """Every face in the image, boxes and keypoints in its pixels, best first.
 
         With ``frame_hw`` the image is a frame of that size already scaled to ``input_size``
         (the masker makes it from the frame's planes), and boxes come back in frame pixels.
+        With ``min_score`` candidates down to that score come back too, under the detector's
+        own line (the masker looks at such near misses again on the next frame).
         """
         ...
 

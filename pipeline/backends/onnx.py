@@ -85,9 +85,13 @@ class YuNetDetector:
 
         return side(width * scale), side(height * scale)
 
-    def detect(self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None) -> list[FaceDetection]:
+    def detect(
+        self, rgb: np.ndarray, frame_hw: tuple[int, int] | None = None, min_score: float | None = None
+    ) -> list[FaceDetection]:
         """Faces in ``rgb``; with ``frame_hw``, ``rgb`` is that frame already scaled (to
-        ``input_size``) and boxes come back in the frame's pixels."""
+        ``input_size``) and boxes come back in the frame's pixels; with ``min_score``, the
+        candidates down to that score as well (``score_threshold`` is the line for a face)."""
+        line = self.score_threshold if min_score is None else min(min_score, self.score_threshold)
         if frame_hw is None:
             h, w = rgb.shape[:2]
             sw, sh = self.input_size(h, w)
@@ -106,7 +110,7 @@ class YuNetDetector:
             cls = np.clip(outputs[f"cls_{s}"][0, :, 0], 0, 1)
             obj = np.clip(outputs[f"obj_{s}"][0, :, 0], 0, 1)
             score = np.sqrt(cls * obj)
-            keep = score >= self.score_threshold
+            keep = score >= line
             if not keep.any():
                 continue
             g = grid[keep]
@@ -123,7 +127,7 @@ class YuNetDetector:
         score = np.concatenate(scores)
         kp = np.concatenate(kps)
         xywh = np.concatenate([box[:, :2], box[:, 2:] - box[:, :2]], axis=1)
-        keep = cv2.dnn.NMSBoxes(xywh.tolist(), score.tolist(), self.score_threshold, self.nms_threshold)
+        keep = cv2.dnn.NMSBoxes(xywh.tolist(), score.tolist(), line, self.nms_threshold)
         keep = np.asarray(keep, dtype=np.int64).reshape(-1)[: self.max_faces]
         inv = np.array([scale_x, scale_y], np.float64)
         out = []
