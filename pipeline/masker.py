@@ -429,13 +429,14 @@ class FaceMasker:
 
     def _near_misses_of(self, found: list[FaceDetection], line: float, tracked: list[np.ndarray]) -> list[FaceDetection]:
         """Keep the faces of ``found`` (at ``line`` and up) and note the rest as near misses:
-        candidates the detector scored just under its line, apart from the faces tracked or
-        found. A face coming into view (from behind a pole, out of a turn) scores so on the
+        candidates the detector scored just under its line, apart from the faces tracked, held
+        or found (a held face is covered and looked at again anyway; taking its own weak
+        detection for a new face let a crowd_1080p hold lapse and uncover a face beside it). A face coming into view (from behind a pole, out of a turn) scores so on the
         frame before it is found; looked at again on the next frame, changed or not, it is
         found a frame sooner, while the lookahead can still cover the frame it was missed on
         (guard rule: a face found a frame late)."""
         faces = [d for d in found if d.score >= line]
-        known = tracked + [d.box for d in faces]
+        known = tracked + [hf.box for hf in self.tracker.held] + [d.box for d in faces]
         near = [d.box for d in found if d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)]
         self._near_miss_new = any(all(iou(b, old) < NEAR_MISS_IOU for old in self._near_misses) for b in near)
         self._near_misses = near

@@ -26,7 +26,7 @@ from pipeline.backends.onnx import YuNetDetector
 from pipeline.lookahead import Lookahead
 from pipeline.masker import FaceMasker
 from pipeline.stage import IdentityProcessor
-from pipeline.tracking import inside_share
+from pipeline.tracking import HeldFace, inside_share
 from pipeline.types import FaceDetection, FaceLandmarks
 from tests.helpers import have_shared_eval
 
@@ -367,6 +367,26 @@ def test_a_near_miss_is_looked_at_again_on_the_next_frame(backend, near_miss_sco
                 else:
                     assert masker.new_face_boxes == (), "no detector run until frame 10"
                     assert face_detail_correlation(f, out, guest[0]) >= 0.3, "the check can fail: the guest is raw"
+    finally:
+        masker.close()
+
+
+def test_a_weak_detection_of_a_tracked_or_held_face_is_no_near_miss(backend):
+    """Only candidates apart from the faces already followed are near misses: a held face's
+    own weak detection taken for a new face let a crowd_1080p hold lapse (docs/benchmarks.md)."""
+    masker, _ = _masker(backend)
+    try:
+        held_box = np.array([100, 100, 160, 170], np.float32)
+        masker.tracker.held = [HeldFace(held_box, 0, 1e9, "no_landmarks")]
+        tracked = [np.array([400, 100, 480, 190], np.float32)]
+        weak = [FaceDetection(b + 2, 0.4, np.zeros((5, 2), np.float32)) for b in (held_box, tracked[0])]
+        apart = FaceDetection(np.array([700, 300, 760, 370], np.float32), 0.4, np.zeros((5, 2), np.float32))
+        face = FaceDetection(np.array([900, 300, 980, 390], np.float32), 0.8, np.zeros((5, 2), np.float32))
+        assert masker._near_misses_of(weak + [apart, face], 0.5, tracked) == [face]
+        assert len(masker._near_misses) == 1 and np.allclose(masker._near_misses[0], apart.box)
+        assert masker._near_miss_new, "a near miss the run before did not see brings the next run forward"
+        masker._near_misses_of([apart], 0.5, tracked)
+        assert not masker._near_miss_new, "the same one again does not"
     finally:
         masker.close()
 
