@@ -151,7 +151,7 @@ class FaceMasker:
         self._scanner = ChangeScanner(config.full_detect_every)
         self._faceless_heads: list[np.ndarray] = []  # the person rule's covers on the last segmented frame
         # the detector's candidates just under its line on its last run: looked at again on its next
-        # run, changed or not, and a new one brings that run forward to the next frame (_near_misses_of)
+        # run, changed or not, and a new one brings that run forward to the next frame (_note_near_misses)
         self._near_misses: list[np.ndarray] = []
         self._near_miss_new = False
         self._holder: int | None = None
@@ -427,20 +427,26 @@ class FaceMasker:
         floor = self.config.near_miss_score
         return (floor if 0.0 < floor < line else None), line
 
-    def _near_misses_of(self, found: list[FaceDetection], line: float, tracked: list[np.ndarray]) -> list[FaceDetection]:
-        """Keep the faces of ``found`` (at ``line`` and up) and note the rest as near misses:
-        candidates the detector scored just under its line, apart from the faces tracked, held
-        or found (a held face is covered and looked at again anyway; taking its own weak
-        detection for a new face let a crowd_1080p hold lapse and uncover a face beside it). A face coming into view (from behind a pole, out of a turn) scores so on the
-        frame before it is found; looked at again on the next frame, changed or not, it is
-        found a frame sooner, while the lookahead can still cover the frame it was missed on
-        (guard rule: a face found a frame late)."""
+    def _split_near_misses(
+        self, found: list[FaceDetection], line: float, tracked: list[np.ndarray]
+    ) -> tuple[list[FaceDetection], list[np.ndarray]]:
+        """(the faces of ``found``, at ``line`` and up; the near misses' boxes): candidates the
+        detector scored just under its line, apart from the faces tracked, held or found. A
+        held face is covered and looked at again anyway: taking its own weak detection for a
+        new face let a crowd_1080p hold lapse and uncover a face beside it. A face coming into
+        view (from behind a pole, out of a turn) scores so on the frame before it is found;
+        looked at again on the next frame, changed or not, it is found a frame sooner, while
+        the lookahead can still cover the frame it was missed on."""
         faces = [d for d in found if d.score >= line]
         known = tracked + [hf.box for hf in self.tracker.held] + [d.box for d in faces]
         near = [d.box for d in found if d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)]
+        return faces, near
+
+    def _note_near_misses(self, near: list[np.ndarray]) -> None:
+        """Keep this run's near misses for the next; one the last run did not see brings that
+        run forward to the next frame."""
         self._near_miss_new = any(all(iou(b, old) < NEAR_MISS_IOU for old in self._near_misses) for b in near)
         self._near_misses = near
-        return faces
 
     def _frame_time(self, frame: av.VideoFrame) -> float:
         """Seconds on the stream's clock (smoothing follows media time, not wall time)."""
@@ -503,11 +509,12 @@ class FaceMasker:
             t0 = time.perf_counter()
             floor, line = self._near_miss_floor()
             if plan.full:
-                found = self._near_misses_of(detector.detect(small, (h, w), floor), line, tracked)
+                found, near = self._split_near_misses(detector.detect(small, (h, w), floor), line, tracked)
             else:
                 found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked, floor)]
-                before = self._near_misses
-                found = self._confirmed(img, self._near_misses_of(found, line, tracked), tracked, (h, w), before)
+                found, near = self._split_near_misses(found, line, tracked)
+                found = self._confirmed(img, found, tracked, (h, w), self._near_misses)  # the last run's
+            self._note_near_misses(near)
             return found, time.perf_counter() - t0
 
         def follow(tracks: list) -> float:

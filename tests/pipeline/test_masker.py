@@ -382,10 +382,12 @@ def test_a_weak_detection_of_a_tracked_or_held_face_is_no_near_miss(backend):
         weak = [FaceDetection(b + 2, 0.4, np.zeros((5, 2), np.float32)) for b in (held_box, tracked[0])]
         apart = FaceDetection(np.array([700, 300, 760, 370], np.float32), 0.4, np.zeros((5, 2), np.float32))
         face = FaceDetection(np.array([900, 300, 980, 390], np.float32), 0.8, np.zeros((5, 2), np.float32))
-        assert masker._near_misses_of(weak + [apart, face], 0.5, tracked) == [face]
-        assert len(masker._near_misses) == 1 and np.allclose(masker._near_misses[0], apart.box)
+        faces, near = masker._split_near_misses(weak + [apart, face], 0.5, tracked)
+        assert faces == [face]
+        assert len(near) == 1 and np.allclose(near[0], apart.box)
+        masker._note_near_misses(near)
         assert masker._near_miss_new, "a near miss the run before did not see brings the next run forward"
-        masker._near_misses_of([apart], 0.5, tracked)
+        masker._note_near_misses(masker._split_near_misses([apart], 0.5, tracked)[1])
         assert not masker._near_miss_new, "the same one again does not"
     finally:
         masker.close()
