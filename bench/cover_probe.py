@@ -22,6 +22,7 @@ import datetime
 import json
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pipeline.tracking import grow_box  # noqa: E402
 COVER_MARGIN = 0.2  # the masker's small-face cover: the face box grown by this share
 MIN_SOURCE_FACE_PX = 60  # a face is probed only at sizes below its own
 DEFAULT_SIZES = (30, 45, 60, 90, 120)
+TIMING_SIDES = (30, 50, 70, 100, 150, 250, 400)
 DEFAULT_VIEWS = (1.0, 1 / 3)  # 1/3: a 1080p stream's 360p rendition
 CAVEAT = (
     "the identifiability gate is itself a Gaussian blur (sigma 5 px in the 112 px aligned crop) and the blur "
@@ -144,6 +146,23 @@ def run(eval_dir: Path, styles: tuple[str, ...], sizes: tuple[int, ...], views: 
             "verification": verification(eval_dir, detector, recognizer, styles, sizes)}
 
 
+def cover_timings(styles: tuple[str, ...], sides: tuple[int, ...] = TIMING_SIDES, repeats: int = 200) -> list[dict[str, Any]]:
+    """Median and p95 microseconds to cover one face box of each side (RGB, 1.2:1 as a grown face box)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for side in sides:
+        region = rng.integers(0, 256, (round(side * 1.2), side, 3), dtype=np.uint8)
+        for style in styles:
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                cover(region, style)
+                times.append((time.perf_counter() - t) * 1e6)
+            rows.append({"style": style, "side_px": side, "us_p50": round(float(np.median(times)), 1),
+                         "us_p95": round(float(np.percentile(times, 95)), 1)})
+    return rows
+
+
 def _largest_face(detector: L.IndependentYuNet, rgb: np.ndarray) -> L.Face | None:
     faces = L.yunet_detect_full(detector, rgb, max_side=2048)
     return max(faces, key=lambda f: f.size) if faces else None
@@ -214,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     eval_dir = L.resolve_eval_dir(args.eval_dir)
     styles = tuple(s for s in args.styles.split(",") if s)
+    cv2.setNumThreads(1)
     report = run(eval_dir, styles, tuple(int(s) for s in args.sizes.split(",")), DEFAULT_VIEWS, args.limit)
+    report["cover_us"] = cover_timings(styles)
     report.update(
         schema=1, created=datetime.datetime.now().isoformat(timespec="seconds"),
         command=" ".join([".venv/bin/python", "bench/cover_probe.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -235,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in report["verification"]:
             cells = "  ".join(f"{_cell(r['at_line_' + k]):>6} {_cell(r['cosine_p50_' + k]):>7}" for k in keys)
             print(f"{r['face_px']:>7} {r['pairs']:12} {r['n']:>4}  {cells}")
+    print("cost of one cover, microseconds p50 / p95 (one thread):")
+    for side in TIMING_SIDES:
+        cells = "  ".join(f"{r['style']} {r['us_p50']:.0f} / {r['us_p95']:.0f}" for r in report["cover_us"] if r["side_px"] == side)
+        print(f"  {side:>4} px: {cells}")
     out = Path(args.out)
     out = out if out.is_absolute() else REPO_ROOT / out
     out.parent.mkdir(parents=True, exist_ok=True)

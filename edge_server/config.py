@@ -125,7 +125,7 @@ class PipelineConfig:
     execution_provider: str = "cpu"
     segment_every: int = 3  # a person mask is reused for up to N - 1 frames, and only while the picture
     # outside the tracked faces has not changed since its frame (a new person re-runs the segmenter at once)
-    cover_style: str = "pixelate"  # how the privacy guard covers: pixelate | blur
+    cover_style: str = "blur"  # how the privacy guard covers: blur | pixelate (blur leaves less; docs/benchmarks.md)
     smoothing_min_cutoff: float = 1.0  # One Euro filter on landmarks (Hz)
     smoothing_beta: float = 0.05  # the points about the face's centre: expression, turning (jitter)
     smoothing_position_beta: float = 1.0  # the face's centre: how closely a moving head is followed

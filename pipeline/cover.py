@@ -13,6 +13,7 @@ import numpy as np
 COVER_STYLES = ("pixelate", "blur")
 FACE_BLOCKS = 7  # pixel blocks across a covered face
 FRAME_BLOCKS = 24  # pixel blocks across a fully covered frame
+BLUR_GRID = 16  # cells across the small copy a blur is done on
 
 
 def pixelate(region: np.ndarray, blocks: int = FACE_BLOCKS) -> np.ndarray:
@@ -27,13 +28,19 @@ def pixelate(region: np.ndarray, blocks: int = FACE_BLOCKS) -> np.ndarray:
 
 
 def blur(region: np.ndarray, strength: float = 0.18) -> np.ndarray:
-    """Gaussian blur with sigma ``strength`` x the region's longer side (done downscaled, cheap)."""
+    """Gaussian blur with sigma ``strength`` x the region's longer side.
+
+    Done on a copy ``BLUR_GRID`` cells across and scaled back: the blur is three cells wide,
+    so the small copy loses nothing it would keep, and a 50 px face costs about 0.1 ms
+    instead of 1.6 ms blurred at its own size (docs/benchmarks.md).
+    """
     h, w = region.shape[:2]
     if h == 0 or w == 0:
         return region
-    f = max(1, int(max(h, w) / 32))
-    small = cv2.resize(region, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
-    sigma = max(1.0, strength * max(small.shape[:2]))
+    cell = max(1.0, max(h, w) / BLUR_GRID)
+    gw, gh = max(1, round(w / cell)), max(1, round(h / cell))
+    small = cv2.resize(region, (gw, gh), interpolation=cv2.INTER_AREA)
+    sigma = max(1.0, strength * max(gw, gh))
     small = cv2.GaussianBlur(small, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 

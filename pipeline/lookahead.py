@@ -67,7 +67,7 @@ class Lookahead(Generic[T]):
     """
 
     depth: int = 1
-    cover_style: str = "pixelate"
+    cover_style: str = "blur"  # the processor's own style replaces it (PipelineConfig.cover_style)
     on_cover: Callable[[], None] | None = None
     covered: int = 0  # boxes covered in held frames so far
     _held: deque[_Held[T]] = field(default_factory=deque)
