@@ -427,18 +427,20 @@ class FaceMasker:
         floor = self.config.near_miss_score
         return (floor if 0.0 < floor < line else None), line
 
+    @staticmethod
     def _split_near_misses(
-        self, found: list[FaceDetection], line: float, tracked: list[np.ndarray]
+        found: list[FaceDetection], line: float, followed: list[np.ndarray]
     ) -> tuple[list[FaceDetection], list[np.ndarray]]:
         """(the faces of ``found``, at ``line`` and up; the near misses' boxes): candidates the
-        detector scored just under its line, apart from the faces tracked, held or found. A
+        detector scored just under its line, apart from the faces ``followed`` (tracked or
+        held, as they were when the detector's run began) and the faces found. A
         held face is covered and looked at again anyway: taking its own weak detection for a
         new face let a crowd_1080p hold lapse and uncover a face beside it. A face coming into
         view (from behind a pole, out of a turn) scores so on the frame before it is found;
         looked at again on the next frame, changed or not, it is found a frame sooner, while
         the lookahead can still cover the frame it was missed on."""
         faces = [d for d in found if d.score >= line]
-        known = tracked + [hf.box for hf in self.tracker.held] + [d.box for d in faces]
+        known = followed + [d.box for d in faces]
         near = [d.box for d in found if d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)]
         return faces, near
 
@@ -490,13 +492,15 @@ class FaceMasker:
         plan: ScanPlan = FULL_PLAN
         crops: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
         tracked: list[np.ndarray] = []
+        held: list[np.ndarray] = []
         if detected:
             t = time.perf_counter()
             # Between whole-frame passes, only where the picture changed (pipeline/scan.py).
             tracked = [tr.box for tr in tracker.tracks]
+            held = [hf.box for hf in tracker.held]  # taken here: with parallel_detect the landmarks change the tracker meanwhile
             # lost faces, and heads the person rule covered on the last segmented frame: a
             # face the detector missed there is looked for on every run, changed or not
-            revisit = [hf.box for hf in tracker.held] + self._faceless_heads + self._near_misses
+            revisit = held + self._faceless_heads + self._near_misses
             plan = self._scanner.plan(luma(*scan_wh), tracked, revisit, (h, w), self.frames - 1)
             # made from the planes, so before or after any stage writes into rgb alike
             if plan.full:
@@ -509,10 +513,10 @@ class FaceMasker:
             t0 = time.perf_counter()
             floor, line = self._near_miss_floor()
             if plan.full:
-                found, near = self._split_near_misses(detector.detect(small, (h, w), floor), line, tracked)
+                found, near = self._split_near_misses(detector.detect(small, (h, w), floor), line, tracked + held)
             else:
                 found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked, floor)]
-                found, near = self._split_near_misses(found, line, tracked)
+                found, near = self._split_near_misses(found, line, tracked + held)
                 found = self._confirmed(img, found, tracked, (h, w), self._near_misses)  # the last run's
             self._note_near_misses(near)
             return found, time.perf_counter() - t0

@@ -26,7 +26,7 @@ from pipeline.backends.onnx import YuNetDetector
 from pipeline.lookahead import Lookahead
 from pipeline.masker import FaceMasker
 from pipeline.stage import IdentityProcessor
-from pipeline.tracking import HeldFace, inside_share
+from pipeline.tracking import inside_share
 from pipeline.types import FaceDetection, FaceLandmarks
 from tests.helpers import have_shared_eval
 
@@ -377,17 +377,17 @@ def test_a_weak_detection_of_a_tracked_or_held_face_is_no_near_miss(backend):
     masker, _ = _masker(backend)
     try:
         held_box = np.array([100, 100, 160, 170], np.float32)
-        masker.tracker.held = [HeldFace(held_box, 0, 1e9, "no_landmarks")]
         tracked = [np.array([400, 100, 480, 190], np.float32)]
+        followed = tracked + [held_box]  # what process() hands over: the tracked and the held faces
         weak = [FaceDetection(b + 2, 0.4, np.zeros((5, 2), np.float32)) for b in (held_box, tracked[0])]
         apart = FaceDetection(np.array([700, 300, 760, 370], np.float32), 0.4, np.zeros((5, 2), np.float32))
         face = FaceDetection(np.array([900, 300, 980, 390], np.float32), 0.8, np.zeros((5, 2), np.float32))
-        faces, near = masker._split_near_misses(weak + [apart, face], 0.5, tracked)
+        faces, near = masker._split_near_misses(weak + [apart, face], 0.5, followed)
         assert faces == [face]
         assert len(near) == 1 and np.allclose(near[0], apart.box)
         masker._note_near_misses(near)
         assert masker._near_miss_new, "a near miss the run before did not see brings the next run forward"
-        masker._note_near_misses(masker._split_near_misses([apart], 0.5, tracked)[1])
+        masker._note_near_misses(masker._split_near_misses([apart], 0.5, followed)[1])
         assert not masker._near_miss_new, "the same one again does not"
     finally:
         masker.close()
