@@ -34,6 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import eval_lib as L  # noqa: E402
+from bench.mask_eval import identity_cosines  # noqa: E402
 from pipeline.cover import COVER_STYLES, cover  # noqa: E402
 from pipeline.frame_io import even_box  # noqa: E402
 from pipeline.tracking import grow_box  # noqa: E402
@@ -82,11 +83,10 @@ def covered(rgb: np.ndarray, face: L.Face, style: str) -> np.ndarray:
 
 
 def judge(recognizer: L.Recognizer, before: np.ndarray, after: np.ndarray, face: L.Face) -> Judged:
-    """Cosine of the covered face to the uncovered one, and whether the recognizer can judge it."""
-    m = L.alignment_matrix(face.kps)
-    a_in, a_out = L.align_face(before, matrix=m), L.align_face(after, matrix=m)
-    e_in, e_out, e_ref = recognizer.embed(np.stack([a_in, a_out, L.featureless_reference(a_in)]))
-    return Judged(float(e_in @ e_out), float(e_in @ e_ref) < L.LEAK_COSINE)
+    """Cosine of the covered face to the uncovered one, and whether the recognizer can judge it
+    (``mask_eval``'s own measure)."""
+    cos, self_blur, _ = identity_cosines(before, after, [face.kps], recognizer)
+    return Judged(float(cos[0]), float(self_blur[0]) < L.LEAK_COSINE)
 
 
 def probe_faces(eval_dir: Path, detector: L.IndependentYuNet, limit: int | None = None) -> list[tuple[np.ndarray, ProbeFace]]:
@@ -112,8 +112,7 @@ def run(eval_dir: Path, styles: tuple[str, ...], sizes: tuple[int, ...], views: 
             if view_px < 20:
                 continue  # the recognizer reads nothing at that size (mask_eval counts none)
             cos: dict[str, list[float]] = {s: [] for s in styles}
-            worst: dict[str, str] = {}
-            usable = 0
+            images: list[str] = []  # the judged faces' photos, in the order of cos's lists
             for rgb, pf in faces:
                 if pf.face.size <= size:
                     continue
@@ -127,20 +126,18 @@ def run(eval_dir: Path, styles: tuple[str, ...], sizes: tuple[int, ...], views: 
                 judged = {s: judge(recognizer, small, o, f_small) for s, o in outs.items()}
                 if not next(iter(judged.values())).identifiable:
                     continue  # the gate depends on the input only
-                usable += 1
+                images.append(pf.image)
                 for s, j in judged.items():
-                    if not cos[s] or j.cosine > max(cos[s]):
-                        worst[s] = pf.image
                     cos[s].append(j.cosine)
             for s in styles:
                 c = np.array(cos[s], np.float64)
                 rows.append({
-                    "style": s, "cover_px": size, "view_px": round(view_px, 1), "identifiable_faces": usable,
+                    "style": s, "cover_px": size, "view_px": round(view_px, 1), "identifiable_faces": len(images),
                     "at_leak_line": int((c >= L.LEAK_COSINE).sum()),
                     "cosine_p50": round(float(np.median(c)), 4) if len(c) else None,
                     "cosine_p95": round(float(np.percentile(c, 95)), 4) if len(c) else None,
                     "cosine_max": round(float(c.max()), 4) if len(c) else None,
-                    "worst_image": worst.get(s),
+                    "worst_image": images[int(np.argmax(c))] if len(c) else None,
                 })
     return {"faces_probed": len(faces), "rows": rows,
             "verification": verification(eval_dir, detector, recognizer, styles, sizes)}
