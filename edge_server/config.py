@@ -92,6 +92,10 @@ class PipelineConfig:
     # candidates from this score up to detect_score are near misses: the detector looks there again on the next
     # frame, changed or not, so a face coming into view is found a frame sooner (docs/benchmarks.md); 0 = off
     near_miss_score: float = 0.3
+    # a candidate from this score up to detect_score whose box runs out of the frame is looked at again, at once,
+    # at a finer scale: the detector scores a face the frame's edge cuts in half far lower at its own scale (a half
+    # face in a group: 0.13 at 640 px wide, 0.83 at 1280) while a single creator's is the person rule's; 0 = off
+    edge_look_score: float = 0.1
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     persona_shape: float = 1.0  # how far the persona's own proportions replace the creator's (0..1)
     # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a

@@ -47,6 +47,9 @@ SCAN_LUMA_WIDTH = 256  # the change scanner's luma (blocks of 40x40 px at 1280x7
 CONFIRM_GROW = 0.5  # a partial scan's new face is looked at again in its box grown this much on every side ...
 CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 NEAR_MISS_IOU = 0.3  # a near miss overlapping one of the run before this much is the same one, not new
+EDGE_TOUCH = 0.1  # a candidate box this close to the frame's edge (share of its own side) runs out of the picture ...
+EDGE_LOOK_SCALE = 2.0  # ... and is looked at again at this many times the detector's scale (the frame's own at most) ...
+EDGE_LOOK_GROW = 0.3  # ... in its box grown this much on every side
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
@@ -112,6 +115,8 @@ class FaceMasker:
             swapper = MeshSwapper(grow=config.face_grow)
         if not 0.0 <= config.near_miss_score <= config.detect_score:
             raise ValueError(f"pipeline.near_miss_score must be in 0..detect_score (0: off), got {config.near_miss_score!r}")
+        if not 0.0 <= config.edge_look_score <= config.detect_score:
+            raise ValueError(f"pipeline.edge_look_score must be in 0..detect_score (0: off), got {config.edge_look_score!r}")
         if not 0.0 <= config.persona_shape <= 1.0:
             raise ValueError(f"pipeline.persona_shape must be in 0..1, got {config.persona_shape!r}")
         if not 10.0 <= config.max_yaw_deg <= 90.0:
@@ -363,13 +368,16 @@ class FaceMasker:
         yaw = abs(yaw_degrees(track.landmarks))
         return latch(self._turned, track.id, enter=yaw > limit, stay=yaw >= limit - YAW_HYSTERESIS_DEG)
 
-    def _scan_boxes(self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
+    def _scan_boxes(
+        self, regions: tuple[tuple[int, int, int, int], ...], frame_hw: tuple[int, int], finer: float = 1.0
+    ) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
         """Each region to scan as (even frame box, its size at the detector's scale): grown
         to whole SCAN_ALIGN px of the detector's input (the scale of a whole-frame pass, so
-        a face is found at the same size), merged where one run costs less than two
-        (``pipeline.scan_call_px``)."""
+        a face is found at the same size, or ``finer`` times it for a closer look), merged
+        where one run costs less than two (``pipeline.scan_call_px``)."""
         fh, fw = frame_hw
         dw, dh = self.backend.detector.input_size(fh, fw)
+        dw, dh = round(dw * finer), round(dh * finer)
         sx, sy = dw / fw, dh / fh
         a = SCAN_ALIGN
         cells = []
@@ -413,13 +421,27 @@ class FaceMasker:
             if any(iou(d.box, b) >= NEAR_MISS_IOU for b in near_misses or ()):
                 kept.append(d)
                 continue
-            region = tuple(int(v) for v in grow_box(d.box, CONFIRM_GROW, frame_hw))
-            for box, (cw, ch) in self._scan_boxes((region,), frame_hw):
-                again = self._detect_crop(img.scaled(cw, ch, box=box), box, tracked)
-                best = max(again, key=lambda e: iou(e.box, d.box), default=None)
-                if best is not None and iou(best.box, d.box) >= CONFIRM_IOU:
-                    kept.append(best)
+            again = self._found_again(img, d.box, CONFIRM_GROW, tracked, frame_hw)
+            if again is not None:
+                kept.append(again)
         return kept
+
+    def _found_again(
+        self, img: LazyRgb | FullRgb, box: np.ndarray, grow: float, tracked: list[np.ndarray], frame_hw: tuple[int, int],
+        finer: float = 1.0, max_px: int | None = None,
+    ) -> FaceDetection | None:
+        """The face the detector finds in ``box`` grown by ``grow`` (at ``finer`` times its
+        scale), overlapping ``box`` CONFIRM_IOU, if any; None as well where that look would
+        take more than ``max_px`` of detector input."""
+        region = tuple(int(v) for v in grow_box(box, grow, frame_hw))
+        for crop_box, (cw, ch) in self._scan_boxes((region,), frame_hw, finer):
+            if max_px is not None and cw * ch > max_px:
+                continue
+            again = self._detect_crop(img.scaled(cw, ch, box=crop_box), crop_box, tracked)
+            best = max(again, key=lambda e: iou(e.box, box), default=None)
+            if best is not None and iou(best.box, box) >= CONFIRM_IOU:
+                return best
+        return None
 
     def _near_miss_floor(self) -> tuple[float | None, float]:
         """(the score the detector is asked to report down to, or None; the line for a face)."""
@@ -429,7 +451,7 @@ class FaceMasker:
 
     @staticmethod
     def _split_near_misses(
-        found: list[FaceDetection], line: float, followed: list[np.ndarray]
+        found: list[FaceDetection], line: float, followed: list[np.ndarray], floor: float | None = None
     ) -> tuple[list[FaceDetection], list[np.ndarray]]:
         """(the faces of ``found``, at ``line`` and up; the near misses' boxes): candidates the
         detector scored just under its line, apart from the faces ``followed`` (tracked or
@@ -441,8 +463,49 @@ class FaceMasker:
         the lookahead can still cover the frame it was missed on."""
         faces = [d for d in found if d.score >= line]
         known = followed + [d.box for d in faces]
-        near = [d.box for d in found if d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)]
+        near = [
+            d.box for d in found
+            if (floor is None or d.score >= floor) and d.score < line and not any(inside_share(d.box, k) >= 0.5 for k in known)
+        ]
         return faces, near
+
+    @staticmethod
+    def _edge_candidates(
+        found: list[FaceDetection], line: float, floor: float, known: list[np.ndarray], frame_hw: tuple[int, int]
+    ) -> list[np.ndarray]:
+        """Boxes of the candidates in ``found`` from ``floor`` up to ``line`` that run out of
+        the frame (within EDGE_TOUCH of their own size of an edge: the detector's box for a cut
+        face can stop short of it), apart from the faces ``known``."""
+        fh, fw = frame_hw
+
+        def cut(b: np.ndarray) -> bool:
+            mx, my = EDGE_TOUCH * (b[2] - b[0]), EDGE_TOUCH * (b[3] - b[1])
+            return bool(b[0] <= mx or b[1] <= my or b[2] >= fw - mx or b[3] >= fh - my)
+
+        return [
+            d.box for d in found
+            if floor <= d.score < line and cut(d.box) and not any(inside_share(d.box, k) >= 0.5 for k in known)
+        ]
+
+    def _look_closer(
+        self, img: LazyRgb | FullRgb, boxes: list[np.ndarray], tracked: list[np.ndarray], frame_hw: tuple[int, int]
+    ) -> list[FaceDetection]:
+        """Each of ``boxes`` looked at again, with its surroundings, at EDGE_LOOK_SCALE times
+        the detector's scale: the face found there (at the detector's line, overlapping the box
+        CONFIRM_IOU), if any. Nothing where the detector already sees the frame at its own size,
+        and no look that would cost more than a whole-frame pass (a crowd's low candidates
+        include boxes a third of the frame)."""
+        fh, fw = frame_hw
+        dw, dh = self.backend.detector.input_size(fh, fw)
+        finer = min(EDGE_LOOK_SCALE, fw / dw)
+        kept: list[FaceDetection] = []
+        if finer <= 1.0:
+            return kept
+        for b in boxes:
+            again = self._found_again(img, b, EDGE_LOOK_GROW, tracked, frame_hw, finer, max_px=dw * dh)
+            if again is not None and not any(iou(again.box, k.box) >= CONFIRM_IOU for k in kept):
+                kept.append(again)
+        return kept
 
     def _note_near_misses(self, near: list[np.ndarray]) -> None:
         """Keep this run's near misses for the next; one the last run did not see brings that
@@ -512,12 +575,18 @@ class FaceMasker:
         def detect() -> tuple[list, float]:
             t0 = time.perf_counter()
             floor, line = self._near_miss_floor()
+            edge_floor = cfg.edge_look_score if 0.0 < cfg.edge_look_score < line else None
+            ask = min((f for f in (floor, edge_floor) if f is not None), default=None)
             if plan.full:
-                found, near = self._split_near_misses(detector.detect(small, (h, w), floor), line, tracked + held)
+                candidates = detector.detect(small, (h, w), ask)
             else:
-                found = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked, floor)]
-                found, near = self._split_near_misses(found, line, tracked + held)
+                candidates = [d for crop, box in crops for d in self._detect_crop(crop, box, tracked, ask)]
+            found, near = self._split_near_misses(candidates, line, tracked + held, line if floor is None else floor)
+            if not plan.full:
                 found = self._confirmed(img, found, tracked, (h, w), self._near_misses)  # the last run's
+            if edge_floor is not None:
+                cut = self._edge_candidates(candidates, line, edge_floor, tracked + held + [d.box for d in found], (h, w))
+                found += self._look_closer(img, cut, tracked, (h, w))
             self._note_near_misses(near)
             return found, time.perf_counter() - t0
 

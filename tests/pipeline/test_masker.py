@@ -770,7 +770,7 @@ def test_persona_shape_sets_how_far_the_features_move(backend, face_frames, shap
         ("smoothing_feature_beta", float("nan")), ("sculpted_anonymize_max_side", -1),
         ("sculpted_anonymize_min_share", -0.1), ("sculpted_anonymize_max_share", 1.5),
         ("sculpted_anonymize_min_share", 0.6),  # above the default max_share
-        ("smallest_rendition", -1),
+        ("smallest_rendition", -1), ("near_miss_score", 0.6), ("edge_look_score", -0.1), ("edge_look_score", 0.6),
     ],
 )
 def test_out_of_range_knobs_are_refused(backend, key, value):
@@ -1081,3 +1081,66 @@ def test_a_switch_away_from_a_masker_still_running_a_late_frame_starts_afresh(ba
         release.set()
         old.close()
         new.close()
+
+
+def _half_face_frame() -> tuple[av.VideoFrame, np.ndarray]:
+    """The first frame of bench/synth_clips.py's group_selfie_many_people (no bars): a man
+    in the bottom-right corner whose face the frame's bottom edge cuts, and his box from an
+    independent full-resolution pass."""
+    root = have_shared_eval()
+    if root is None:
+        pytest.skip("../shared/eval is absent: the edge look is tested on a real half face")
+    from bench import eval_lib
+    from bench.synth_clips import group_frame
+
+    rgb = group_frame(eval_lib.read_rgb(root / "images" / "deepface" / "selfie-many-people.jpg"), 0, (), np.random.default_rng(0))
+    reference = YuNetDetector(detect_width=4096)
+    cut = [d.box for d in reference.detect(rgb) if d.box[0] > 800 and d.box[3] >= rgb.shape[0] - 2]
+    assert len(cut) == 1, "the reference detector must see the half face at the frame's bottom edge"
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"), cut[0]
+
+
+@pytest.mark.parametrize("edge_look_score", [0.1, 0.0])
+def test_a_face_the_frame_edge_cuts_is_looked_at_closer(backend, edge_look_score):
+    """The detector sees 720p at 640 px wide and scores the half face far under its line
+    there (0.13 in docs/benchmarks.md), and the person rule does not cover it (the group is
+    one person blob whose head holds other faces). pipeline.edge_look_score: a candidate that
+    runs out of the frame is looked at again at once, twice as fine, and found there. Off, the
+    half face is raw: the check can fail."""
+    frame, box = _half_face_frame()
+    h, w = frame.height, frame.width
+    small = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+    small = cv2.resize(small, backend.detector.input_size(h, w), interpolation=cv2.INTER_AREA)
+    own = [d for d in backend.detector.detect(small, (h, w), 0.05) if inside_share(d.box, box) > 0.5 or inside_share(box, d.box) > 0.5]
+    assert own and max(d.score for d in own) < 0.5, "at the detector's own scale the half face is under its line"
+    masker, _ = _masker(backend, edge_look_score=edge_look_score)
+    try:
+        out = masker.process(frame)
+        if edge_look_score:
+            assert any(inside_share(t.box, box) > 0.5 for t in masker.tracker.tracks), "the closer look found the half face"
+            assert_face_masked(frame, out, box, "the half face")
+        else:
+            assert face_detail_correlation(frame, out, box) >= 0.3, "without the closer look the half face is raw"
+    finally:
+        masker.close()
+
+
+def test_edge_candidates_are_under_the_line_cut_by_the_frame_and_new() -> None:
+    """Which candidates get the closer look: from the floor up to the line, whose box reaches
+    the frame's edge, and that are not a face already found, tracked or held."""
+    hw = (720, 1280)
+    kp = np.zeros((5, 2), np.float32)
+
+    def cand(box, score):
+        return FaceDetection(np.array(box, np.float32), score, kp)
+
+    bottom = cand([850, 330, 1050, 720], 0.13)
+    left = cand([0, 200, 90, 330], 0.3)
+    inside = cand([500, 200, 600, 330], 0.3)  # not cut by the frame
+    weak = cand([1200, 10, 1280, 120], 0.05)  # under the floor
+    strong = cand([0, 500, 120, 640], 0.8)  # a face: the detector's own
+    known = cand([1180, 0, 1280, 110], 0.2)  # a tracked face's own weak detection
+    picked = FaceMasker._edge_candidates(
+        [bottom, left, inside, weak, strong, known], 0.5, 0.1, [np.array([1175, 0, 1280, 115], np.float32)], hw
+    )
+    assert [b.tolist() for b in picked] == [bottom.box.tolist(), left.box.tolist()]
