@@ -3,7 +3,8 @@
 Per frame: detect (every ``detect_every`` frames, and on every frame while nothing is
 tracked or a face is held; the whole frame at least every ``full_detect_every`` frames,
 in between only where the picture changed, ``pipeline/scan.py``, and where its last run saw
-a near miss, on the next frame; with ``parallel_detect``
+a near miss, on the next frame; a candidate the frame's edge cuts is looked at again at
+once, twice as fine; with ``parallel_detect``
 on its own thread, beside the landmarks of the faces already tracked) -> landmarks for each tracked face (crop from
 its previous landmarks; a new face's from its detection) -> One Euro smoothing ->
 person segmentation -> swap each face with its persona (or cover it, in blur/pixelate
@@ -49,7 +50,8 @@ CONFIRM_IOU = 0.3  # ... and kept if found there again, overlapping this much
 NEAR_MISS_IOU = 0.3  # a near miss overlapping one of the run before this much is the same one, not new
 EDGE_TOUCH = 0.1  # a candidate box this close to the frame's edge (share of its own side) runs out of the picture ...
 EDGE_LOOK_SCALE = 2.0  # ... and is looked at again at this many times the detector's scale (the frame's own at most) ...
-EDGE_LOOK_GROW = 0.3  # ... in its box grown this much on every side
+EDGE_LOOK_GROW = 0.3  # ... in its box grown this much on every side, and a face found there only ...
+EDGE_LOOK_MARGIN = 0.1  # ... if it scores this much over the detector's line (lp_s18's blurred background made 0.51)
 SCAN_ALIGN = 32  # px of the detector's input: scanned areas are whole multiples (YuNet pads to them anyway)
 REPEAT_MAX_S = 0.5  # after an error, repeat the last masked frame if it is this recent
 YAW_HYSTERESIS_DEG = 5.0  # a turned face goes back to its persona only this far under max_yaw_deg
@@ -428,18 +430,18 @@ class FaceMasker:
 
     def _found_again(
         self, img: LazyRgb | FullRgb, box: np.ndarray, grow: float, tracked: list[np.ndarray], frame_hw: tuple[int, int],
-        finer: float = 1.0, max_px: int | None = None,
+        finer: float = 1.0, max_px: int | None = None, score: float = 0.0,
     ) -> FaceDetection | None:
         """The face the detector finds in ``box`` grown by ``grow`` (at ``finer`` times its
-        scale), overlapping ``box`` CONFIRM_IOU, if any; None as well where that look would
-        take more than ``max_px`` of detector input."""
+        scale), overlapping ``box`` CONFIRM_IOU and scoring ``score`` or more, if any; None as
+        well where that look would take more than ``max_px`` of detector input."""
         region = tuple(int(v) for v in grow_box(box, grow, frame_hw))
         for crop_box, (cw, ch) in self._scan_boxes((region,), frame_hw, finer):
             if max_px is not None and cw * ch > max_px:
                 continue
             again = self._detect_crop(img.scaled(cw, ch, box=crop_box), crop_box, tracked)
             best = max(again, key=lambda e: iou(e.box, box), default=None)
-            if best is not None and iou(best.box, box) >= CONFIRM_IOU:
+            if best is not None and iou(best.box, box) >= CONFIRM_IOU and best.score >= score:
                 return best
         return None
 
@@ -488,13 +490,14 @@ class FaceMasker:
         ]
 
     def _look_closer(
-        self, img: LazyRgb | FullRgb, boxes: list[np.ndarray], tracked: list[np.ndarray], frame_hw: tuple[int, int]
+        self, img: LazyRgb | FullRgb, boxes: list[np.ndarray], tracked: list[np.ndarray], frame_hw: tuple[int, int],
+        line: float,
     ) -> list[FaceDetection]:
         """Each of ``boxes`` looked at again, with its surroundings, at EDGE_LOOK_SCALE times
-        the detector's scale: the face found there (at the detector's line, overlapping the box
-        CONFIRM_IOU), if any. Nothing where the detector already sees the frame at its own size,
-        and no look that would cost more than a whole-frame pass (a crowd's low candidates
-        include boxes a third of the frame)."""
+        the detector's scale: the face found there (EDGE_LOOK_MARGIN over the detector's
+        ``line``, overlapping the box CONFIRM_IOU), if any. Nothing where the detector already
+        sees the frame at its own size, and no look that would cost more than a whole-frame
+        pass (a crowd's low candidates include boxes a third of the frame)."""
         fh, fw = frame_hw
         dw, dh = self.backend.detector.input_size(fh, fw)
         finer = min(EDGE_LOOK_SCALE, fw / dw)
@@ -502,7 +505,9 @@ class FaceMasker:
         if finer <= 1.0:
             return kept
         for b in boxes:
-            again = self._found_again(img, b, EDGE_LOOK_GROW, tracked, frame_hw, finer, max_px=dw * dh)
+            again = self._found_again(
+                img, b, EDGE_LOOK_GROW, tracked, frame_hw, finer, max_px=dw * dh, score=line + EDGE_LOOK_MARGIN
+            )
             if again is not None and not any(iou(again.box, k.box) >= CONFIRM_IOU for k in kept):
                 kept.append(again)
         return kept
@@ -586,7 +591,7 @@ class FaceMasker:
                 found = self._confirmed(img, found, tracked, (h, w), self._near_misses)  # the last run's
             if edge_floor is not None:
                 cut = self._edge_candidates(candidates, line, edge_floor, tracked + held + [d.box for d in found], (h, w))
-                found += self._look_closer(img, cut, tracked, (h, w))
+                found += self._look_closer(img, cut, tracked, (h, w), line)
             self._note_near_misses(near)
             return found, time.perf_counter() - t0
 

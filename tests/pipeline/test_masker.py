@@ -24,7 +24,8 @@ from edge_server.config import PipelineConfig
 from pipeline.backends import Backend, create_backend
 from pipeline.backends.onnx import YuNetDetector
 from pipeline.lookahead import Lookahead
-from pipeline.masker import FaceMasker
+from pipeline.frame_io import FullRgb
+from pipeline.masker import EDGE_LOOK_MARGIN, FaceMasker
 from pipeline.stage import IdentityProcessor
 from pipeline.tracking import inside_share
 from pipeline.types import FaceDetection, FaceLandmarks
@@ -1121,6 +1122,23 @@ def test_a_face_the_frame_edge_cuts_is_looked_at_closer(backend, edge_look_score
             assert_face_masked(frame, out, box, "the half face")
         else:
             assert face_detail_correlation(frame, out, box) >= 0.3, "without the closer look the half face is raw"
+    finally:
+        masker.close()
+
+
+def test_a_closer_look_keeps_only_faces_clearly_over_the_line(backend) -> None:
+    """A face only the closer look finds must score EDGE_LOOK_MARGIN over the detector's line
+    (lp_s18's blurred background scored 0.51 there): the half face (0.8 or more, twice as
+    fine) is kept under a line of 0.5 and dropped under one it does not clear by the margin."""
+    frame, box = _half_face_frame()
+    hw = (frame.height, frame.width)
+    img = FullRgb(frame.to_ndarray(format="rgb24"))
+    masker, _ = _masker(backend)
+    try:
+        found = masker._look_closer(img, [box], [], hw, 0.5)
+        assert len(found) == 1 and inside_share(found[0].box, box) > 0.5
+        dropped = masker._look_closer(img, [box], [], hw, found[0].score - EDGE_LOOK_MARGIN / 2)
+        assert dropped == [], "a find under line + margin is not a face"
     finally:
         masker.close()
 
