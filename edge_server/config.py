@@ -97,6 +97,8 @@ class PipelineConfig:
     # face in a group: 0.13 at 640 px wide, 0.83 at 1280) while a single creator's is the person rule's; 0 = off
     edge_look_score: float = 0.1
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
+    small_face_grow: float = 1.5  # ... and a face of 120 px or less this much, fading to face_grow by 240 px: a small
+    # face is mostly hair and outline to a recognizer (a tight group's throwaway faces: 67 -> 17 leaks of 422)
     persona_shape: float = 1.0  # how far the persona's own proportions replace the creator's (0..1)
     # faces smaller than this (box side, frame px) are covered, not swapped: below 40 px a
     # persona is a few pixels of shading that a recognizer reads as any face, the input included

@@ -114,7 +114,11 @@ class FaceMasker:
 
             if not 1.0 <= config.face_grow <= 1.5:
                 raise ValueError(f"pipeline.face_grow must be in 1.0..1.5, got {config.face_grow!r}")
-            swapper = MeshSwapper(grow=config.face_grow)
+            if not config.face_grow <= config.small_face_grow <= 1.5:
+                raise ValueError(
+                    f"pipeline.small_face_grow must be in face_grow..1.5, got {config.small_face_grow!r}"
+                )
+            swapper = MeshSwapper(grow=config.face_grow, small_grow=config.small_face_grow)
         if not 0.0 <= config.near_miss_score <= config.detect_score:
             raise ValueError(f"pipeline.near_miss_score must be in 0..detect_score (0: off), got {config.near_miss_score!r}")
         if not 0.0 <= config.edge_look_score <= config.detect_score:

@@ -43,6 +43,8 @@ from pipeline.persona import Persona, canonical_vertices, face_mesh_topology
 GRID_FACE_PX = 64.0  # the face oval spans about this many grid cells (finer for small faces)
 RING_SCALE = 1.25  # outer ring of the warp, about the oval's centroid (feeds the feather band)
 GROW = 1.15  # default: the persona face oval drawn this much bigger than the live one (pipeline.face_grow)
+SMALL_GROW_FULL_PX = 120  # a face this many px across or fewer is grown by pipeline.small_face_grow ...
+SMALL_GROW_FADE_PX = 240  # ... and from there to this size the grow fades to pipeline.face_grow
 FEATHER = 0.04  # feather ramp width outside the oval, relative to the face size
 REFINE_EYE_CELLS = 2.0  # an eye open less than this many grid cells is warped at full resolution
 FILL_PASSES = 2  # grid cells left uncovered are filled from their neighbours this many times
@@ -184,6 +186,17 @@ def grown_outline(points: np.ndarray, grow: float) -> np.ndarray:
     c = points[_topology().oval].mean(axis=0)
     push = (grow - 1.0) * (1.0 - inner_weights()).astype(np.float64)
     return points + (points - c) * push[:, None]
+
+
+def grow_for(face_px: float, grow: float, small_grow: float) -> float:
+    """How much a face ``face_px`` across is grown: ``small_grow`` up to SMALL_GROW_FULL_PX,
+    ``grow`` from SMALL_GROW_FADE_PX, linear between. A small face is mostly outline and hair
+    to a recognizer (throwaway faces in a tight group, a talking head streamed at 360p still
+    matched there), and the balloon a bigger oval makes is small too."""
+    if small_grow <= grow or face_px >= SMALL_GROW_FADE_PX:
+        return grow
+    t = min(1.0, (SMALL_GROW_FADE_PX - face_px) / (SMALL_GROW_FADE_PX - SMALL_GROW_FULL_PX))
+    return grow + (small_grow - grow) * t
 
 
 def _with_ring(points: np.ndarray, oval: np.ndarray) -> np.ndarray:
@@ -426,9 +439,13 @@ def _precompute(persona: Persona) -> _PersonaData:
 class MeshSwapper:
     """``SwapStage``: piecewise-affine persona warp, colour match, feather blend (see module doc)."""
 
-    def __init__(self, *, color_match: bool = True, grid_face_px: float = GRID_FACE_PX, grow: float = GROW) -> None:
+    def __init__(
+        self, *, color_match: bool = True, grid_face_px: float = GRID_FACE_PX, grow: float = GROW,
+        small_grow: float | None = None,
+    ) -> None:
         self.color_match = color_match
         self.grow = float(grow)
+        self.small_grow = self.grow if small_grow is None else float(small_grow)
         self.grid_face_px = float(grid_face_px)
         self._cache: OrderedDict[tuple[str, int], _PersonaData] = OrderedDict()
         self._last_alpha: tuple | None = None
@@ -466,10 +483,15 @@ class MeshSwapper:
         ext = (rad + 3.0 * sigma + 1.0) * step + 2.0
         return step, rad, sigma, ext
 
+    def _grown(self, points: np.ndarray) -> np.ndarray:
+        """The live points with the outline grown for the face's size (``grow_for``)."""
+        face = float(np.ptp(points[_topology().oval], axis=0).max())
+        return grown_outline(points, grow_for(face, self.grow, self.small_grow))
+
     def footprint(self, points: np.ndarray) -> tuple[float, float, float, float]:
         """The box (x0, y0, x1, y1, in the points' pixels) outside which ``swap`` with these
         points changes nothing: the caller converts and writes back only that much."""
-        pts = grown_outline(np.asarray(points, np.float64)[:, :2], self.grow)
+        pts = self._grown(np.asarray(points, np.float64)[:, :2])
         oval = pts[_topology().oval]
         ext = self._extent(float(np.ptp(oval, axis=0).max()))[3] + 1.0
         (x0, y0), (x1, y1) = oval.min(axis=0) - ext, oval.max(axis=0) + ext
@@ -490,7 +512,7 @@ class MeshSwapper:
         data = self._persona_data(persona)
         H, W = region.shape[:2]
         live_pts = pts
-        pts = grown_outline(pts, self.grow)
+        pts = self._grown(pts)
 
         oval = pts[topo.oval]
         face = float(np.ptp(oval, axis=0).max())

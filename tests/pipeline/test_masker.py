@@ -772,6 +772,7 @@ def test_persona_shape_sets_how_far_the_features_move(backend, face_frames, shap
         ("sculpted_anonymize_min_share", -0.1), ("sculpted_anonymize_max_share", 1.5),
         ("sculpted_anonymize_min_share", 0.6),  # above the default max_share
         ("smallest_rendition", -1), ("near_miss_score", 0.6), ("edge_look_score", -0.1), ("edge_look_score", 0.6),
+        ("small_face_grow", 1.1), ("small_face_grow", 1.6),  # under the default face_grow; over 1.5
     ],
 )
 def test_out_of_range_knobs_are_refused(backend, key, value):

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.persona import Persona, canonical_layout, face_mesh_topology
 from pipeline.procedural import builtin_persona, render_procedural
-from pipeline.swap import MeshSwapper, _strip, grown_outline, rasterize_affine
+from pipeline.swap import SMALL_GROW_FADE_PX, SMALL_GROW_FULL_PX, MeshSwapper, _strip, grow_for, grown_outline, rasterize_affine
 
 TOPO = face_mesh_topology()
 LAYOUT = canonical_layout(512).astype(np.float64)
@@ -172,6 +172,35 @@ def test_the_persona_covers_the_live_outline_too(persona: Persona, grow: float) 
         assert alpha[band].min() >= 0.98
         a, b = out[band].astype(np.float64).ravel(), live[band].astype(np.float64).ravel()
         assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+
+
+def test_grow_for_a_face_fades_from_the_small_grow_to_the_grow() -> None:
+    assert grow_for(SMALL_GROW_FULL_PX, 1.15, 1.5) == 1.5
+    assert grow_for(40, 1.15, 1.5) == 1.5
+    assert grow_for(SMALL_GROW_FADE_PX, 1.15, 1.5) == 1.15
+    assert grow_for(1000, 1.15, 1.5) == 1.15
+    assert grow_for((SMALL_GROW_FULL_PX + SMALL_GROW_FADE_PX) / 2, 1.15, 1.5) == pytest.approx(1.325)
+    assert grow_for(60, 1.15, 1.15) == 1.15  # off
+
+
+@pytest.mark.parametrize("side", [100, 300])
+def test_a_small_face_is_grown_further(persona: Persona, side: int) -> None:
+    """pipeline.small_face_grow: a face of 100 px has its outline covered 1.4x out (the hair
+    and outline a recognizer matches on a small face), one of 300 px only the usual 1.15x."""
+    unit, _ = similarity(persona, 1.0, 0.0, (0.0, 0.0))
+    scale = side / float(np.ptp(unit[TOPO.face_oval], axis=0).max())
+    pts, _ = similarity(persona, scale, 0.0, (250.0, 250.0))
+    live = noise((500, 500), 4)
+    swapper = MeshSwapper(grow=1.15, small_grow=1.5)
+    swapper.swap(live.copy(), pts, persona)
+    oval = pts[TOPO.face_oval].astype(np.float64)
+    c = oval.mean(axis=0)
+    band = poly_mask(live.shape[:2], c + (oval - c) * 1.4) & ~poly_mask(live.shape[:2], c + (oval - c) * 1.2, dilate=1)
+    covered = (swapper.last_alpha[band] >= 0.98).mean()
+    if side == 100:
+        assert covered > 0.95
+    else:
+        assert covered < 0.1
 
 
 def test_mouth_hole_never_shows_live_pixels(persona: Persona) -> None:
