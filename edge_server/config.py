@@ -94,7 +94,7 @@ class PipelineConfig:
     near_miss_score: float = 0.3
     # a candidate from this score up to detect_score whose box runs out of the frame is looked at again, at once,
     # at a finer scale: the detector scores a face the frame's edge cuts in half far lower at its own scale (a half
-    # face in a group: 0.13 at 640 px wide, 0.83 at 1280) while a single creator's is the person rule's; 0 = off
+    # face in a group: 0.11-0.46 at 640 px wide, 0.80-0.90 at 1280) while a single creator's is the person rule's; 0 = off
     edge_look_score: float = 0.1
     face_grow: float = 1.15  # the persona's face outline is drawn this much bigger than the live one (>= 1)
     small_face_grow: float = 1.5  # ... and a face of 120 px or less this much, fading to face_grow by 240 px: a small

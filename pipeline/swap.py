@@ -191,8 +191,8 @@ def grown_outline(points: np.ndarray, grow: float) -> np.ndarray:
 def grow_for(face_px: float, grow: float, small_grow: float) -> float:
     """How much a face ``face_px`` across is grown: ``small_grow`` up to SMALL_GROW_FULL_PX,
     ``grow`` from SMALL_GROW_FADE_PX, linear between. A small face is mostly outline and hair
-    to a recognizer (throwaway faces in a tight group, a talking head streamed at 360p still
-    matched there), and the balloon a bigger oval makes is small too."""
+    to a recognizer (a tight group's throwaway faces matched their wearers there), and the
+    balloon a bigger oval makes is a small one."""
     if small_grow <= grow or face_px >= SMALL_GROW_FADE_PX:
         return grow
     t = min(1.0, (SMALL_GROW_FADE_PX - face_px) / (SMALL_GROW_FADE_PX - SMALL_GROW_FULL_PX))
