@@ -1129,7 +1129,7 @@ def test_a_face_the_frame_edge_cuts_is_looked_at_closer(backend, edge_look_score
 
 def test_a_closer_look_keeps_only_faces_clearly_over_the_line(backend) -> None:
     """A face only the closer look finds must score EDGE_LOOK_MARGIN over the detector's line
-    (lp_s18's blurred background scored 0.51 there): the half face (0.8 or more, twice as
+    (lp_s18's blurred background scored 0.51 there once): the half face (0.8 or more, twice as
     fine) is kept under a line of 0.5 and dropped under one it does not clear by the margin."""
     frame, box = _half_face_frame()
     hw = (frame.height, frame.width)
